@@ -11,7 +11,7 @@ import os
 import random
 import sys
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -34,9 +34,9 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, run the networks on the GPU when there is one (tiny MLPs are usually faster on the CPU)"""
+    """if toggled, run the networks on the GPU if there is one (tiny MLPs are faster on the CPU)"""
     env_id: str = "Pendulum-v1"
-    """the id of the environment: a registered id, or `module:EnvId` to import a module that registers it"""
+    """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
     total_timesteps: int = 100_000
     """total environment steps of the experiment, summed over all environments"""
     learning_rate: float = 1e-3
@@ -58,7 +58,7 @@ class Args:
     norm_adv: bool = True
     """if toggled, advantages are normalized per minibatch"""
     clip_coef: float = 0.2
-    """the clipping coefficient epsilon of the surrogate objective and of the value clipping (§3.1, §5.2)"""
+    """the clipping coefficient epsilon of the surrogate objective and value loss (§3.1, §5.2)"""
     clip_vloss: bool = False
     """if toggled, the value loss is clipped (§5.2)"""
     ent_coef: float = 0.0
@@ -72,7 +72,7 @@ class Args:
     norm_obs: bool = True
     """if toggled, observations are normalized by running mean and variance (clipped to ±10)"""
     norm_reward: bool = True
-    """if toggled, rewards are scaled by the running std of the discounted return (clipped to ±10)"""
+    """if toggled, rewards are divided by the running std of discounted returns (clipped to ±10)"""
     state_dependent_std: bool = False
     """if toggled, the policy's log-std is a network output instead of a learned vector (§8.3)"""
     save_model: bool = False
@@ -83,7 +83,8 @@ class Args:
     """the number of deterministic evaluation episodes after training"""
 
 
-OBS_CLIP = 10.0  # normalized observations and rewards are clipped to ±OBS_CLIP, as in SB3's VecNormalize
+# Normalized observations and rewards are clipped to ±OBS_CLIP, as in SB3's VecNormalize.
+OBS_CLIP = 10.0
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
 
 
@@ -96,9 +97,7 @@ def make_env(env_id: str, render_mode: str | None = None) -> Callable[[], gym.En
     return thunk
 
 
-def layer_init(
-    layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0
-) -> nn.Linear:
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
     """§8.2 orthogonal initialization with gain `std` and a constant bias."""
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -106,7 +105,7 @@ def layer_init(
 
 
 def mlp(in_dim: int, out_dim: int, out_std: float) -> nn.Sequential:
-    """§8.1 a 64-64 tanh MLP; hidden layers initialized with gain √2, the output layer with out_std."""
+    """§8.1 a 64-64 tanh MLP; §8.2 hidden layers get gain √2, the output layer gain out_std."""
     return nn.Sequential(
         layer_init(nn.Linear(in_dim, 64)),
         nn.Tanh(),
@@ -119,9 +118,7 @@ def mlp(in_dim: int, out_dim: int, out_std: float) -> nn.Sequential:
 class Agent(nn.Module):
     """§8.1 separate actor and critic networks; §8.3 a diagonal Normal policy."""
 
-    def __init__(
-        self, envs: gym.vector.VectorEnv, state_dependent_std: bool = False
-    ) -> None:
+    def __init__(self, envs: gym.vector.VectorEnv, state_dependent_std: bool = False) -> None:
         super().__init__()
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         action_dim = int(np.prod(envs.single_action_space.shape))
@@ -154,13 +151,9 @@ class Agent(nn.Module):
         probs = self.get_distribution(x)
         if action is None:
             action = probs.sample()
-        # §8.3 the action dimensions are independent: log-prob and entropy sum over them.
-        return (
-            action,
-            probs.log_prob(action).sum(-1),
-            probs.entropy().sum(-1),
-            self.critic(x),
-        )
+        # §8.3 the action dimensions are independent: log-probs and entropies sum over them.
+        log_prob, entropy = probs.log_prob(action).sum(-1), probs.entropy().sum(-1)  # (batch,)
+        return action, log_prob, entropy, self.critic(x)
 
 
 class RunningMeanStd:
@@ -172,37 +165,27 @@ class RunningMeanStd:
         self.count = EPSILON
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = (
-            batch.mean(axis=0),
-            batch.var(axis=0),
-            batch.shape[0],
-        )
-        delta = batch_mean - self.mean
+        """Merges a batch, (batch_size, *shape), into the statistics."""
+        batch_count = batch.shape[0]
+        delta = batch.mean(axis=0) - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
-        m2 = (
-            self.var * self.count
-            + batch_var * batch_count
-            + delta**2 * self.count * batch_count / total
-        )
+        # sum of squared deviations of both parts, plus the shift between their means
+        m2 = self.var * self.count + batch.var(axis=0) * batch_count
+        m2 = m2 + delta**2 * self.count * batch_count / total
         self.var = m2 / total
         self.count = total
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "mean": torch.from_numpy(self.mean),
-            "var": torch.from_numpy(self.var),
-            "count": torch.tensor(self.count),
-        }
+        mean, var = torch.from_numpy(self.mean), torch.from_numpy(self.var)
+        return {"mean": mean, "var": var, "count": torch.tensor(self.count)}
 
 
 def normalize_obs(obs: np.ndarray, obs_rms: RunningMeanStd | None) -> np.ndarray:
-    """(obs - mean) / std with the running statistics, clipped to ±OBS_CLIP; unchanged if obs_rms is None."""
+    """(obs - mean) / std by running statistics, clipped to ±OBS_CLIP; obs if obs_rms is None."""
     if obs_rms is None:
         return obs
-    return np.clip(
-        (obs - obs_rms.mean) / np.sqrt(obs_rms.var + EPSILON), -OBS_CLIP, OBS_CLIP
-    )
+    return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + EPSILON), -OBS_CLIP, OBS_CLIP)
 
 
 def compute_gae(
@@ -214,10 +197,11 @@ def compute_gae(
     gamma: float,
     gae_lambda: float,
 ) -> torch.Tensor:
-    """§4.2 generalized advantage estimation, computed backwards in time for every env at once (§7.2).
+    """§4.2 generalized advantage estimation, backwards in time, for every env at once (§7.2).
 
-    All inputs are (num_steps, num_envs). values[t] = V(s_t); next_values[t] = V(s_{t+1}) of the state
-    that really followed step t (for a truncated episode: its final observation, not the reset one).
+    All inputs are (num_steps, num_envs). values[t] = V(s_t); next_values[t] = V(s_{t+1}) of the
+    state that really followed step t (for a truncated episode: its final observation, not the
+    reset one).
     The design's single "done" (§4.2, §7.3) is split in two, as gymnasium 1.x reports it:
     - terminations[t]: s_{t+1} is terminal, its value is zero, so δ_t does not bootstrap;
     - terminations[t] or truncations[t]: the episode ended, so the sum over future δ stops at t.
@@ -231,9 +215,7 @@ def compute_gae(
     last_advantage = torch.zeros_like(rewards[0])  # (num_envs,)
     for t in reversed(range(num_steps)):
         # Â_t = δ_t + γλ (1 - done_t) Â_{t+1}
-        last_advantage = (
-            deltas[t] + gamma * gae_lambda * (1.0 - episode_ends[t]) * last_advantage
-        )
+        last_advantage = deltas[t] + gamma * gae_lambda * (1.0 - episode_ends[t]) * last_advantage
         advantages[t] = last_advantage
     return advantages
 
@@ -253,13 +235,11 @@ def value_loss(
     returns: torch.Tensor,
     clip_coef: float | None,
 ) -> torch.Tensor:
-    """§5.1 L^VF = mean((V - R̂)²); with clip_coef, §5.2's max of the unclipped and clipped errors."""
+    """§5.1 L^VF = mean((V - R̂)²); given clip_coef, §5.2: max of unclipped and clipped errors."""
     unclipped = (new_values - returns) ** 2
     if clip_coef is None:
         return unclipped.mean()
-    clipped_values = old_values + torch.clamp(
-        new_values - old_values, -clip_coef, clip_coef
-    )
+    clipped_values = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
     return torch.max(unclipped, (clipped_values - returns) ** 2).mean()
 
 
@@ -297,9 +277,7 @@ def evaluate(
     if gif_path:
         os.makedirs(os.path.dirname(gif_path) or ".", exist_ok=True)
         frame_ms = 1000 / env.metadata.get("render_fps", 30)
-        frames[0].save(
-            gif_path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
-        )
+        frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
     env.close()
     return episodic_returns
 
@@ -324,9 +302,7 @@ def args_error(args: Args) -> str | None:
     if args.eval_episodes < 0:
         return f"--eval-episodes must be non-negative, got {args.eval_episodes}"
     if args.capture_gif and args.eval_episodes == 0:
-        return (
-            "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
-        )
+        return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
     batch_size = args.num_envs * args.num_steps
     if batch_size % args.num_minibatches != 0:
         return (
@@ -343,19 +319,14 @@ def args_error(args: Args) -> str | None:
     return None
 
 
-def spaces_error(
-    env_id: str, observation_space: gym.Space, action_space: gym.Space
-) -> str | None:
+def spaces_error(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> str | None:
     """The first reason this script cannot learn on these spaces, or None."""
     if not isinstance(action_space, gym.spaces.Box):
         return (
             f"{env_id} has a {type(action_space).__name__} action space; "
             "ppo_continuous.py takes Box actions (use ppo_discrete.py for Discrete ones)"
         )
-    if not (
-        isinstance(observation_space, gym.spaces.Box)
-        and len(observation_space.shape) == 1
-    ):
+    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
         return (
             f"{env_id} has observation space {observation_space}; the MLP takes a 1-D Box "
             "(wrap the env with gymnasium.wrappers.FlattenObservation)"
@@ -371,8 +342,8 @@ if __name__ == "__main__":
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = args.total_timesteps // batch_size
 
-    # §7 vector envs. SAME_STEP autoreset: a step that ends an episode returns the next episode's first
-    # observation, with the true last one in infos["final_obs"], so no step spans two episodes.
+    # §7 vector envs. SAME_STEP autoreset: a step that ends an episode returns the next episode's
+    # first observation, and the true last one in infos["final_obs"]; no step spans two episodes.
     try:
         envs = gym.vector.SyncVectorEnv(
             [make_env(args.env_id) for _ in range(args.num_envs)],
@@ -380,78 +351,44 @@ if __name__ == "__main__":
         )
     except (gym.error.Error, ImportError) as e:
         sys.exit(f"error: cannot make env {args.env_id!r}: {e}")
-    if (
-        error := spaces_error(
-            args.env_id, envs.single_observation_space, envs.single_action_space
-        )
-    ) is not None:
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+    if (error := spaces_error(args.env_id, observation_space, action_space)) is not None:
         sys.exit(f"error: {error}")
 
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n"
-        + "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items()),
-    )
+    hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over when
-    # another process competes for the cores.
+    # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over
+    # when another process competes for the cores.
     torch.set_num_threads(1)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     agent = Agent(envs, args.state_dependent_std).to(device)
-    optimizer = torch.optim.Adam(
-        agent.parameters(), lr=args.learning_rate, eps=1e-5
-    )  # §8.4
-    obs_rms = (
-        RunningMeanStd(envs.single_observation_space.shape) if args.norm_obs else None
-    )
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # §8.4
+    obs_rms = RunningMeanStd(observation_space.shape) if args.norm_obs else None
     return_rms = RunningMeanStd() if args.norm_reward else None
-    action_low, action_high = (
-        envs.single_action_space.low,
-        envs.single_action_space.high,
-    )
 
-    # §7.2 rollout storage
-    obs = torch.zeros(
-        (args.num_steps, args.num_envs) + envs.single_observation_space.shape
-    ).to(device)
-    actions = torch.zeros(
-        (args.num_steps, args.num_envs) + envs.single_action_space.shape
-    ).to(device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(
-        device
-    )  # (num_steps, num_envs)
-    rewards = torch.zeros((args.num_steps, args.num_envs)).to(
-        device
-    )  # (num_steps, num_envs)
-    terminations = torch.zeros((args.num_steps, args.num_envs)).to(
-        device
-    )  # (num_steps, num_envs)
-    truncations = torch.zeros((args.num_steps, args.num_envs)).to(
-        device
-    )  # (num_steps, num_envs)
-    values = torch.zeros((args.num_steps, args.num_envs)).to(
-        device
-    )  # (num_steps, num_envs)
-    final_values = torch.zeros((args.num_steps, args.num_envs)).to(
-        device
-    )  # (num_steps, num_envs)
+    # §7.2 rollout storage, (num_steps, num_envs, ...)
+    obs = torch.zeros((args.num_steps, args.num_envs) + observation_space.shape, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs) + action_space.shape, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+    terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
+    truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    # V(final_obs) where truncations[t] is set (the truncated episode's true last state), else 0
+    final_values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     global_step = 0
     start_time = time.time()
-    recent_returns = deque(
-        maxlen=20
-    )  # the last 20 training episodes, for the progress line
-    next_obs_raw, _ = envs.reset(
-        seed=args.seed
-    )  # (num_envs, obs_dim), env i seeded seed + i
-    envs.action_space.seed(args.seed)
+    recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
+    next_obs_raw, _ = envs.reset(seed=args.seed)  # (num_envs, obs_dim); env i is seeded seed + i
     if obs_rms is not None:
         obs_rms.update(next_obs_raw)
     next_obs = torch.tensor(
@@ -474,18 +411,16 @@ if __name__ == "__main__":
             actions[step] = action
             logprobs[step] = logprob
 
-            # The batch keeps the sampled action, whose log-prob it stores; only the env sees it clipped.
-            env_action = np.clip(action.cpu().numpy(), action_low, action_high)
+            # The batch keeps the sampled action, whose log-prob it stores; the env gets it clipped.
+            env_action = np.clip(action.cpu().numpy(), action_space.low, action_space.high)
             next_obs_raw, reward, terminated, truncated, infos = envs.step(env_action)
             if obs_rms is not None:
                 obs_rms.update(next_obs_raw)
             if return_rms is not None:
-                # Scale rewards by the running std of the discounted return, as SB3's VecNormalize does.
+                # Scale rewards by the running std of the discounted return (SB3's VecNormalize).
                 discounted_return = discounted_return * args.gamma + reward
                 return_rms.update(discounted_return)
-                reward = np.clip(
-                    reward / np.sqrt(return_rms.var + EPSILON), -OBS_CLIP, OBS_CLIP
-                )
+                reward = np.clip(reward / np.sqrt(return_rms.var + EPSILON), -OBS_CLIP, OBS_CLIP)
                 discounted_return[terminated | truncated] = 0.0
             rewards[step] = torch.tensor(reward, device=device)
             terminations[step] = torch.tensor(terminated, device=device)
@@ -494,71 +429,47 @@ if __name__ == "__main__":
                 normalize_obs(next_obs_raw, obs_rms), dtype=torch.float32, device=device
             )
 
-            # A truncated episode was cut by a time limit, not ended by the MDP: bootstrap from the value of
-            # its true last observation, normalized as the agent sees observations.
+            # A time limit cut these episodes; the MDP did not end them. Bootstrap from the value of
+            # each one's true last observation, normalized as the agent sees observations.
             if truncated.any():
                 truncated_envs = np.flatnonzero(truncated)
-                final_obs = np.stack(
-                    infos["final_obs"][truncated_envs]
-                )  # (num_truncated, obs_dim)
+                final_obs = np.stack(infos["final_obs"][truncated_envs])  # (num_truncated, obs_dim)
                 final_obs = torch.tensor(
-                    normalize_obs(final_obs, obs_rms),
-                    dtype=torch.float32,
-                    device=device,
+                    normalize_obs(final_obs, obs_rms), dtype=torch.float32, device=device
                 )
                 with torch.inference_mode():
-                    final_values[step, truncated_envs] = agent.get_value(
-                        final_obs
-                    ).flatten()
+                    final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
 
-            if "final_info" in infos and "episode" in infos["final_info"]:
+            # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
+            if "episode" in infos.get("final_info", {}):
                 episode = infos["final_info"]["episode"]
                 for i in np.flatnonzero(infos["final_info"]["_episode"]):
                     recent_returns.append(float(episode["r"][i]))
-                    writer.add_scalar(
-                        "charts/episodic_return", episode["r"][i], global_step
-                    )
-                    writer.add_scalar(
-                        "charts/episodic_length", episode["l"][i], global_step
-                    )
+                    writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
+                    writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
 
         # §9.1 phase 2: advantages and returns
         with torch.inference_mode():
             next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
-        # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs) after the
-        # last step, and V(final_obs) where the episode was truncated (its env has already reset).
-        next_values = torch.cat(
-            (values[1:], next_value.unsqueeze(0))
-        )  # (num_steps, num_envs)
+        # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
+        # after the last step, and V(final_obs) where the episode was truncated.
+        next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
         next_values = torch.where(truncations.bool(), final_values, next_values)
         advantages = compute_gae(
-            rewards,
-            values,
-            next_values,
-            terminations,
-            truncations,
-            args.gamma,
-            args.gae_lambda,
+            rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
         )  # (num_steps, num_envs)
         returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
 
         # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
-        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
+        b_obs = obs.reshape((-1,) + observation_space.shape)
+        b_actions = actions.reshape((-1,) + action_space.shape)
         b_logprobs = logprobs.reshape(-1)
         b_advantages = advantages.reshape(-1)
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
 
         # §9.1 phase 3: update_epochs passes over shuffled minibatches
-        stats = {
-            "policy_loss": [],
-            "value_loss": [],
-            "entropy": [],
-            "old_approx_kl": [],
-            "approx_kl": [],
-            "clipfrac": [],
-        }
+        stats = defaultdict(list)  # each minibatch's figures, averaged for the log
         kl_exceeded = False
         for epoch in range(args.update_epochs):
             b_inds = np.random.permutation(batch_size)
@@ -576,33 +487,30 @@ if __name__ == "__main__":
                         mb_advantages.std() + EPSILON
                     )
 
-                pg_loss = clipped_surrogate_loss(
-                    ratio, mb_advantages, args.clip_coef
-                )  # §3.1
+                pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
+                v_clip = args.clip_coef if args.clip_vloss else None
                 v_loss = value_loss(
-                    newvalue.flatten(),
-                    b_values[mb_inds],
-                    b_returns[mb_inds],
-                    args.clip_coef if args.clip_vloss else None,
-                )  # §5
+                    newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
+                )
                 entropy_loss = entropy.mean()
-                loss = (
-                    pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss
-                )  # §6 total loss
+                loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
 
                 with torch.no_grad():
                     old_approx_kl = (-logratio).mean()
                     approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
                     clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-                for key, value in zip(
-                    stats,
-                    (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac),
-                ):
+                minibatch_stats = {
+                    "policy_loss": pg_loss,
+                    "value_loss": v_loss,
+                    "entropy": entropy_loss,
+                    "old_approx_kl": old_approx_kl,
+                    "approx_kl": approx_kl,
+                    "clipfrac": clipfrac,
+                }
+                for key, value in minibatch_stats.items():
                     stats[key].append(value.item())
                 if args.target_kl is not None and approx_kl > args.target_kl:
-                    kl_exceeded = (
-                        True  # stop before this minibatch moves the policy further
-                    )
+                    kl_exceeded = True  # stop before this minibatch moves the policy further
                     break
 
                 optimizer.zero_grad()
@@ -612,14 +520,12 @@ if __name__ == "__main__":
             if kl_exceeded:
                 break
 
-        # §10 diagnostics, the losses averaged over every minibatch of this iteration
+        # §10 diagnostics; the losses are averaged over every minibatch of this iteration
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
         sps = int(global_step / (time.time() - start_time))
-        writer.add_scalar(
-            "charts/learning_rate", optimizer.param_groups[0]["lr"], global_step
-        )
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         for key, history in stats.items():
             writer.add_scalar(f"losses/{key}", np.mean(history), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
@@ -627,37 +533,30 @@ if __name__ == "__main__":
         mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
         eta = (args.total_timesteps - global_step) / max(sps, 1)
         print(
-            f"step {global_step}/{args.total_timesteps} | return {mean_return} | SPS {sps} | ETA {eta:.0f}s",
+            f"step {global_step}/{args.total_timesteps} | return {mean_return} "
+            f"| SPS {sps} | ETA {eta:.0f}s",
             flush=True,
         )
     envs.close()
 
     if args.save_model:
         model_path = f"runs/{run_name}/agent.pt"
-        checkpoint = {
-            "model": agent.state_dict(),
-            "obs_rms": obs_rms.state_dict() if obs_rms is not None else None,
-            "args": asdict(args),
-        }
+        obs_rms_state = obs_rms.state_dict() if obs_rms is not None else None
+        checkpoint = {"model": agent.state_dict(), "obs_rms": obs_rms_state, "args": asdict(args)}
         torch.save(checkpoint, model_path + ".tmp")
-        os.replace(
-            model_path + ".tmp", model_path
-        )  # atomic: a crash never leaves half a file
+        os.replace(model_path + ".tmp", model_path)  # atomic: never half a file at model_path
         print(f"model saved to {model_path}")
 
     if args.eval_episodes > 0:
         gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+        # Fresh envs seeded past the training envs' seeds.
+        eval_seed = args.seed + args.num_envs
         eval_returns = evaluate(
-            agent,
-            args.env_id,
-            args.eval_episodes,
-            args.seed + args.num_envs,
-            device,
-            obs_rms,
-            gif_path,
+            agent, args.env_id, args.eval_episodes, eval_seed, device, obs_rms, gif_path
         )
         writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
         print(
-            f"eval: mean return {np.mean(eval_returns):.1f} ± {np.std(eval_returns):.1f} over {args.eval_episodes} episodes"
+            f"eval: mean return {np.mean(eval_returns):.1f} ± {np.std(eval_returns):.1f} "
+            f"over {args.eval_episodes} episodes"
         )
     writer.close()

@@ -1,0 +1,482 @@
+"""Proximal Policy Optimization for discrete (Discrete) action spaces, in one file.
+
+Read it top to bottom: arguments, network, §4 GAE, §3 clipped objective, then the training loop
+(§7 rollout, §9 update, §10 logging) and a deterministic evaluation. "§" marks a section of the
+design document, ppo_design.md (the README maps each section to the code).
+
+    python ppo_discrete.py --env-id CartPole-v1
+"""
+
+import os
+import random
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from PIL import Image
+from torch import nn
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environments)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, run the networks on the GPU if there is one (tiny MLPs are faster on the CPU)"""
+    env_id: str = "CartPole-v1"
+    """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
+    total_timesteps: int = 100_000
+    """total environment steps of the experiment, summed over all environments"""
+    learning_rate: float = 1e-3
+    """the learning rate of the optimizer (§8.4)"""
+    num_envs: int = 8
+    """the number of parallel environments (§7)"""
+    num_steps: int = 32
+    """the number of steps to run in each environment per policy rollout (§7.2 T)"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to zero over the run (§8.4)"""
+    gamma: float = 0.98
+    """the discount factor gamma (§4.2)"""
+    gae_lambda: float = 0.8
+    """the lambda of generalized advantage estimation (§4.3)"""
+    num_minibatches: int = 1
+    """the number of minibatches each rollout is split into per epoch (§9.1)"""
+    update_epochs: int = 20
+    """the number of passes over each rollout (§9.2)"""
+    norm_adv: bool = True
+    """if toggled, advantages are normalized per minibatch"""
+    clip_coef: float = 0.2
+    """the clipping coefficient epsilon of the surrogate objective and value loss (§3.1, §5.2)"""
+    clip_vloss: bool = False
+    """if toggled, the value loss is clipped (§5.2)"""
+    ent_coef: float = 0.0
+    """the entropy coefficient c2 (§6)"""
+    vf_coef: float = 0.5
+    """the value-loss coefficient c1 (§6)"""
+    max_grad_norm: float = 0.5
+    """the maximum norm of the gradient (§8.4)"""
+    target_kl: float | None = None
+    """if set, an iteration's update stops early once the approximate KL (§10.1) exceeds it"""
+    save_model: bool = False
+    """if toggled, save the agent to `runs/{run_name}/agent.pt`"""
+    capture_gif: bool = False
+    """if toggled, write one deterministic evaluation episode to `gifs/{env_id}.gif`"""
+    eval_episodes: int = 10
+    """the number of deterministic evaluation episodes after training"""
+
+
+EPSILON = 1e-8  # keeps divisions by a standard deviation finite
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        env = gym.make(env_id, render_mode=render_mode)
+        # Records the raw (unnormalized) return and length of each episode in the step's info.
+        return gym.wrappers.RecordEpisodeStatistics(env)
+
+    return thunk
+
+
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """§8.2 orthogonal initialization with gain `std` and a constant bias."""
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, out_dim: int, out_std: float) -> nn.Sequential:
+    """§8.1 a 64-64 tanh MLP; §8.2 hidden layers get gain √2, the output layer gain out_std."""
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, 64)),
+        nn.Tanh(),
+        layer_init(nn.Linear(64, 64)),
+        nn.Tanh(),
+        layer_init(nn.Linear(64, out_dim), std=out_std),
+    )
+
+
+class Agent(nn.Module):
+    """§8.1 separate actor and critic networks; §8.3 a Categorical policy over the actions."""
+
+    def __init__(self, envs: gym.vector.VectorEnv) -> None:
+        super().__init__()
+        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        self.critic = mlp(obs_dim, 1, out_std=1.0)
+        self.actor = mlp(obs_dim, int(envs.single_action_space.n), out_std=0.01)  # the logits
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x)  # (batch, 1)
+
+    def get_distribution(self, x: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.actor(x))  # (batch,) over num_actions
+
+    def get_deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actor(x).argmax(dim=-1)  # (batch,)
+
+    def get_action_and_value(
+        self, x: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs = self.get_distribution(x)
+        if action is None:
+            action = probs.sample()
+        log_prob, entropy = probs.log_prob(action), probs.entropy()  # (batch,)
+        return action, log_prob, entropy, self.critic(x)
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
+    """§4.2 generalized advantage estimation, backwards in time, for every env at once (§7.2).
+
+    All inputs are (num_steps, num_envs). values[t] = V(s_t); next_values[t] = V(s_{t+1}) of the
+    state that really followed step t (for a truncated episode: its final observation, not the
+    reset one).
+    The design's single "done" (§4.2, §7.3) is split in two, as gymnasium 1.x reports it:
+    - terminations[t]: s_{t+1} is terminal, its value is zero, so δ_t does not bootstrap;
+    - terminations[t] or truncations[t]: the episode ended, so the sum over future δ stops at t.
+    Returns the advantages, (num_steps, num_envs).
+    """
+    num_steps = rewards.shape[0]
+    episode_ends = torch.maximum(terminations, truncations)
+    # δ_t = r_t + γ V(s_{t+1}) - V(s_t), with V(terminal) = 0
+    deltas = rewards + gamma * next_values * (1.0 - terminations) - values
+    advantages = torch.zeros_like(rewards)
+    last_advantage = torch.zeros_like(rewards[0])  # (num_envs,)
+    for t in reversed(range(num_steps)):
+        # Â_t = δ_t + γλ (1 - done_t) Â_{t+1}
+        last_advantage = deltas[t] + gamma * gae_lambda * (1.0 - episode_ends[t]) * last_advantage
+        advantages[t] = last_advantage
+    return advantages
+
+
+def clipped_surrogate_loss(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float
+) -> torch.Tensor:
+    """§3.1 -L^CLIP: the negated mean of min(r Â, clip(r, 1-ε, 1+ε) Â), to be minimized."""
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef) * advantages
+    return -torch.min(unclipped, clipped).mean()
+
+
+def value_loss(
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    clip_coef: float | None,
+) -> torch.Tensor:
+    """§5.1 L^VF = mean((V - R̂)²); given clip_coef, §5.2: max of unclipped and clipped errors."""
+    unclipped = (new_values - returns) ** 2
+    if clip_coef is None:
+        return unclipped.mean()
+    clipped_values = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
+    return torch.max(unclipped, (clipped_values - returns) ** 2).mean()
+
+
+def evaluate(
+    agent: Agent,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    gif_path: str | None = None,
+) -> list[float]:
+    """Runs deterministic episodes (the most probable action) on a fresh env; returns their
+    returns. With gif_path, the first episode is written there."""
+    env = gym.make(env_id, render_mode="rgb_array" if gif_path else None)
+    episodic_returns, frames = [], []
+    obs, _ = env.reset(seed=seed)
+    for episode in range(episodes):
+        if episode > 0:
+            obs, _ = env.reset()
+        episodic_return, episode_over = 0.0, False
+        while not episode_over:
+            if gif_path and episode == 0:
+                frames.append(Image.fromarray(env.render()))
+            obs_tensor = torch.tensor(obs[None], dtype=torch.float32, device=device)
+            with torch.inference_mode():
+                action = agent.get_deterministic_action(obs_tensor)[0].item()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episodic_return += float(reward)
+            episode_over = terminated or truncated
+        episodic_returns.append(episodic_return)
+    if gif_path:
+        os.makedirs(os.path.dirname(gif_path) or ".", exist_ok=True)
+        frame_ms = 1000 / env.metadata.get("render_fps", 30)
+        frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    env.close()
+    return episodic_returns
+
+
+def args_error(args: Args) -> str | None:
+    """The first reason the sizes and hyperparameters cannot make a run, or None."""
+    positive = (
+        "total_timesteps",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+    )
+    for name in positive + ("learning_rate", "clip_coef"):
+        if getattr(args, name) <= 0:
+            return f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, name) <= 1:
+            return f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}"
+    if args.target_kl is not None and args.target_kl <= 0:
+        return f"--target-kl must be positive, got {args.target_kl}"
+    if args.eval_episodes < 0:
+        return f"--eval-episodes must be non-negative, got {args.eval_episodes}"
+    if args.capture_gif and args.eval_episodes == 0:
+        return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
+    batch_size = args.num_envs * args.num_steps
+    if batch_size % args.num_minibatches != 0:
+        return (
+            f"num_envs * num_steps = {batch_size} is not divisible by "
+            f"--num-minibatches {args.num_minibatches}"
+        )
+    if args.norm_adv and batch_size // args.num_minibatches < 2:
+        return "--norm-adv needs minibatches of at least 2 samples: lower --num-minibatches"
+    if args.total_timesteps < batch_size:
+        return (
+            f"--total-timesteps {args.total_timesteps} is below one batch "
+            f"(num_envs * num_steps = {batch_size})"
+        )
+    return None
+
+
+def spaces_error(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> str | None:
+    """The first reason this script cannot learn on these spaces, or None."""
+    if not isinstance(action_space, gym.spaces.Discrete):
+        return (
+            f"{env_id} has a {type(action_space).__name__} action space; "
+            "ppo_discrete.py takes Discrete actions (use ppo_continuous.py for Box ones)"
+        )
+    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+        return (
+            f"{env_id} has observation space {observation_space}; the MLP takes a 1-D Box "
+            "(wrap the env with gymnasium.wrappers.FlattenObservation)"
+        )
+    return None
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if (error := args_error(args)) is not None:
+        sys.exit(f"error: {error}")
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    num_iterations = args.total_timesteps // batch_size
+
+    # §7 vector envs. SAME_STEP autoreset: a step that ends an episode returns the next episode's
+    # first observation, and the true last one in infos["final_obs"]; no step spans two episodes.
+    try:
+        envs = gym.vector.SyncVectorEnv(
+            [make_env(args.env_id) for _ in range(args.num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+    except (gym.error.Error, ImportError) as e:
+        sys.exit(f"error: cannot make env {args.env_id!r}: {e}")
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+    if (error := spaces_error(args.env_id, observation_space, action_space)) is not None:
+        sys.exit(f"error: {error}")
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over
+    # when another process competes for the cores.
+    torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    agent = Agent(envs).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # §8.4
+
+    # §7.2 rollout storage, (num_steps, num_envs, ...)
+    obs = torch.zeros((args.num_steps, args.num_envs) + observation_space.shape, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs) + action_space.shape, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+    terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
+    truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    # V(final_obs) where truncations[t] is set (the truncated episode's true last state), else 0
+    final_values = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+    global_step = 0
+    start_time = time.time()
+    recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
+    next_obs_raw, _ = envs.reset(seed=args.seed)  # (num_envs, obs_dim); env i is seeded seed + i
+    next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
+
+    for iteration in range(1, num_iterations + 1):
+        if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
+            frac = 1.0 - (iteration - 1.0) / num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+        # §9.1 phase 1: rollout collection
+        for step in range(args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            with torch.inference_mode():
+                action, logprob, _, value = agent.get_action_and_value(next_obs)
+            values[step] = value.flatten()
+            actions[step] = action
+            logprobs[step] = logprob
+
+            next_obs_raw, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+            rewards[step] = torch.tensor(reward, device=device)
+            terminations[step] = torch.tensor(terminated, device=device)
+            truncations[step] = torch.tensor(truncated, device=device)
+            next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
+
+            # A time limit cut these episodes; the MDP did not end them. Bootstrap from the value of
+            # each one's true last observation.
+            if truncated.any():
+                truncated_envs = np.flatnonzero(truncated)
+                final_obs = np.stack(infos["final_obs"][truncated_envs])  # (num_truncated, obs_dim)
+                final_obs = torch.tensor(final_obs, dtype=torch.float32, device=device)
+                with torch.inference_mode():
+                    final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
+
+            # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
+            if "episode" in infos.get("final_info", {}):
+                episode = infos["final_info"]["episode"]
+                for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                    recent_returns.append(float(episode["r"][i]))
+                    writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
+                    writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
+
+        # §9.1 phase 2: advantages and returns
+        with torch.inference_mode():
+            next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
+        # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
+        # after the last step, and V(final_obs) where the episode was truncated.
+        next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
+        next_values = torch.where(truncations.bool(), final_values, next_values)
+        advantages = compute_gae(
+            rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
+        )  # (num_steps, num_envs)
+        returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
+
+        # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
+        b_obs = obs.reshape((-1,) + observation_space.shape)
+        b_actions = actions.reshape((-1,) + action_space.shape)
+        b_logprobs = logprobs.reshape(-1)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
+
+        # §9.1 phase 3: update_epochs passes over shuffled minibatches
+        stats = defaultdict(list)  # each minibatch's figures, averaged for the log
+        kl_exceeded = False
+        for epoch in range(args.update_epochs):
+            b_inds = np.random.permutation(batch_size)
+            for start in range(0, batch_size, minibatch_size):
+                mb_inds = b_inds[start : start + minibatch_size]
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                    b_obs[mb_inds], b_actions[mb_inds]
+                )
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                        mb_advantages.std() + EPSILON
+                    )
+
+                pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
+                v_clip = args.clip_coef if args.clip_vloss else None
+                v_loss = value_loss(
+                    newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
+                )
+                entropy_loss = entropy.mean()
+                loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
+
+                with torch.no_grad():
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
+                    clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+                minibatch_stats = {
+                    "policy_loss": pg_loss,
+                    "value_loss": v_loss,
+                    "entropy": entropy_loss,
+                    "old_approx_kl": old_approx_kl,
+                    "approx_kl": approx_kl,
+                    "clipfrac": clipfrac,
+                }
+                for key, value in minibatch_stats.items():
+                    stats[key].append(value.item())
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    kl_exceeded = True  # stop before this minibatch moves the policy further
+                    break
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)  # §8.4
+                optimizer.step()
+            if kl_exceeded:
+                break
+
+        # §10 diagnostics; the losses are averaged over every minibatch of this iteration
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        for key, history in stats.items():
+            writer.add_scalar(f"losses/{key}", np.mean(history), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+        eta = (args.total_timesteps - global_step) / max(sps, 1)
+        print(
+            f"step {global_step}/{args.total_timesteps} | return {mean_return} "
+            f"| SPS {sps} | ETA {eta:.0f}s",
+            flush=True,
+        )
+    envs.close()
+
+    if args.save_model:
+        model_path = f"runs/{run_name}/agent.pt"
+        # No observation normalization here: "obs_rms" is None, as in ppo_continuous.py without it.
+        checkpoint = {"model": agent.state_dict(), "obs_rms": None, "args": asdict(args)}
+        torch.save(checkpoint, model_path + ".tmp")
+        os.replace(model_path + ".tmp", model_path)  # atomic: never half a file at model_path
+        print(f"model saved to {model_path}")
+
+    if args.eval_episodes > 0:
+        gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+        # Fresh envs seeded past the training envs' seeds.
+        eval_seed = args.seed + args.num_envs
+        eval_returns = evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path)
+        writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
+        print(
+            f"eval: mean return {np.mean(eval_returns):.1f} ± {np.std(eval_returns):.1f} "
+            f"over {args.eval_episodes} episodes"
+        )
+    writer.close()
