@@ -88,9 +88,9 @@ OBS_CLIP = 10.0
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
 
 
-def make_env(env_id: str, render_mode: str | None = None) -> Callable[[], gym.Env]:
+def make_env(env_id: str) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
-        env = gym.make(env_id, render_mode=render_mode)
+        env = gym.make(env_id)
         # Records the raw (unnormalized) return and length of each episode in the step's info.
         return gym.wrappers.RecordEpisodeStatistics(env)
 
@@ -254,7 +254,7 @@ def evaluate(
 ) -> list[float]:
     """Runs deterministic episodes (the mean action) on a fresh env, with the normalization
     statistics frozen; returns their returns. With gif_path, the first episode is written there."""
-    env = gym.make(env_id, render_mode="rgb_array" if gif_path else None)
+    env = gym.make(env_id, render_mode="rgb_array") if gif_path else gym.make(env_id)
     episodic_returns, frames = [], []
     obs, _ = env.reset(seed=seed)
     for episode in range(episodes):

@@ -1,0 +1,77 @@
+"""Bad input: a one-line error and a non-zero exit before any run directory is made."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, SCRIPTS
+
+OTHER_SCRIPT = {"ppo_continuous.py": "ppo_discrete.py", "ppo_discrete.py": "ppo_continuous.py"}
+ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}
+BAD_ARGS = [  # (arguments, a fragment of the error)
+    (["--env-id", "NoSuchEnv-v0"], "cannot make env 'NoSuchEnv-v0'"),
+    (["--env-id", "no_such_module:Foo-v0"], "No module named 'no_such_module'"),
+    (["--env-id", "toy_envs:ImageObservation{kind}-v0"], "the MLP takes a 1-D Box"),
+    (["--num-envs", "0"], "--num-envs must be positive"),
+    (["--num-steps", "-1"], "--num-steps must be positive"),
+    (["--total-timesteps", "0"], "--total-timesteps must be positive"),
+    (["--update-epochs", "0"], "--update-epochs must be positive"),
+    (["--num-minibatches", "0"], "--num-minibatches must be positive"),
+    (["--learning-rate", "0"], "--learning-rate must be positive"),
+    (["--clip-coef", "-0.2"], "--clip-coef must be positive"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    (["--gae-lambda", "-0.1"], "--gae-lambda must be in [0, 1]"),
+    (["--target-kl", "0"], "--target-kl must be positive"),
+    (["--eval-episodes", "-1"], "--eval-episodes must be non-negative"),
+    (["--eval-episodes", "0", "--capture-gif"], "--capture-gif records an evaluation episode"),
+    (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "is not divisible by"),
+    (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "at least 2 samples"),
+    (["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "100"], "below one batch"),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(("args", "fragment"), BAD_ARGS)
+def test_bad_arguments_exit_with_one_line_before_any_run(
+    run_script, tmp_path, script, args, fragment
+):
+    args = [arg.format(kind=ACTION_KIND[script]) for arg in args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(script, *args)
+    message = exit_info.value.code  # sys.exit(str) prints it to stderr and exits 1
+    assert isinstance(message, str) and message.startswith("error: ")
+    assert fragment in message and "\n" not in message
+    assert not list(tmp_path.glob("*/runs"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_wrong_action_space_points_to_the_other_script(run_script, script):
+    wrong_env = "CartPole-v1" if script == "ppo_continuous.py" else "Pendulum-v1"
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(script, "--env-id", wrong_env)
+    assert f"use {OTHER_SCRIPT[script]}" in exit_info.value.code
+
+
+def run_cli(cwd, script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS...` in a real process, as a user would type it."""
+    command = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("args", [["--env-id", "NoSuchEnv-v0"], ["--num-envs", "0"]])
+def test_error_as_a_user_sees_it(tmp_path, script, args):
+    """In a real process: exit status 1, one line on stderr, no traceback, no runs/."""
+    result = run_cli(tmp_path, script, *args)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_documented_flags(tmp_path, script):
+    result = run_cli(tmp_path, script, "--help")
+    assert result.returncode == 0
+    assert "--target-kl" in result.stdout and "approximate KL" in result.stdout
+    if script == "ppo_continuous.py":
+        assert "--no-norm-obs" in result.stdout and "--no-norm-reward" in result.stdout

@@ -1,0 +1,194 @@
+"""The math of both scripts against independent, brute-force references (§3, §4, §5, §8)."""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import SCRIPTS
+
+MODULES = [importlib.import_module(script.removesuffix(".py")) for script in SCRIPTS]
+
+
+def random_rollout(num_steps: int, num_envs: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random rewards and values with episode ends of both kinds sprinkled in, (num_steps, num_envs).
+    As in a real rollout, next_values[t] = values[t+1] unless an episode ended at step t."""
+    rng = np.random.default_rng(seed)
+    ends = rng.random((num_steps, num_envs))
+    terminations = ends < 0.1
+    truncations = (ends >= 0.1) & (ends < 0.2)
+    values = rng.normal(size=(num_steps, num_envs))
+    next_values = np.concatenate([values[1:], rng.normal(size=(1, num_envs))])
+    episode_ended = terminations | truncations
+    next_values[episode_ended] = rng.normal(size=episode_ended.sum())  # V(final_obs) or anything
+    rollout = {
+        "rewards": rng.normal(size=(num_steps, num_envs)),
+        "values": values,
+        "next_values": next_values,
+        "terminations": terminations.astype(float),
+        "truncations": truncations.astype(float),
+    }
+    return {key: torch.tensor(value) for key, value in rollout.items()}
+
+
+def episode_end(rollout: dict[str, torch.Tensor], t: int, i: int) -> int:
+    """The last step at or after t in env i's episode: its first termination or truncation, or the
+    rollout's last step."""
+    num_steps = rollout["rewards"].shape[0]
+    for k in range(t, num_steps):
+        if rollout["terminations"][k, i] or rollout["truncations"][k, i]:
+            return k
+    return num_steps - 1
+
+
+def brute_force_gae(rollout: dict[str, torch.Tensor], gamma: float, lam: float) -> torch.Tensor:
+    """§4.2 Â_t = Σ_l (γλ)^l δ_{t+l} as an explicit sum that stops at the episode's end, with
+    δ_k = r_k + γ (1 - terminated_k) V(s_{k+1}) - V(s_k)."""
+    r, v, nv, term = (rollout[k] for k in ("rewards", "values", "next_values", "terminations"))
+    advantages = torch.zeros_like(r)
+    for t in range(r.shape[0]):
+        for i in range(r.shape[1]):
+            for k in range(t, episode_end(rollout, t, i) + 1):
+                delta = r[k, i] + gamma * (1 - term[k, i]) * nv[k, i] - v[k, i]
+                advantages[t, i] += (gamma * lam) ** (k - t) * delta
+    return advantages
+
+
+def gae(module, rollout: dict[str, torch.Tensor], gamma: float, lam: float) -> torch.Tensor:
+    return module.compute_gae(**rollout, gamma=gamma, gae_lambda=lam)
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gae_matches_explicit_sums(module, lam, seed):
+    rollout = random_rollout(num_steps=16, num_envs=3, seed=seed)
+    expected = brute_force_gae(rollout, gamma=0.9, lam=lam)
+    torch.testing.assert_close(gae(module, rollout, 0.9, lam), expected)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_gae_lambda_zero_is_one_step_td(module):
+    rollout = random_rollout(num_steps=10, num_envs=4, seed=2)
+    r, v, nv, term = (rollout[k] for k in ("rewards", "values", "next_values", "terminations"))
+    torch.testing.assert_close(gae(module, rollout, 0.99, 0.0), r + 0.99 * (1 - term) * nv - v)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_gae_lambda_one_is_monte_carlo(module):
+    """§4.1 λ = 1: the discounted rewards to the episode's end, plus the discounted value of the
+    state after it unless it was terminal, minus V(s_t)."""
+    gamma = 0.9
+    rollout = random_rollout(num_steps=12, num_envs=3, seed=3)
+    r, v, nv, term = (rollout[k] for k in ("rewards", "values", "next_values", "terminations"))
+    expected = torch.zeros_like(r)
+    for t in range(r.shape[0]):
+        for i in range(r.shape[1]):
+            end = episode_end(rollout, t, i)
+            discounted = sum(gamma ** (k - t) * r[k, i] for k in range(t, end + 1))
+            bootstrap = gamma ** (end - t + 1) * (1 - term[end, i]) * nv[end, i]
+            expected[t, i] = discounted + bootstrap - v[t, i]
+    torch.testing.assert_close(gae(module, rollout, gamma, 1.0), expected)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_truncation_bootstraps_and_termination_does_not(module):
+    """One env, one step that ends the episode: truncated, Â = r + γ V(final) - V; terminated,
+    Â = r - V. And the next episode's advantage never leaks into this one."""
+    later_step = {"rewards": [5.0], "values": [0.0], "next_values": [0.0]}
+    base = {
+        "rewards": torch.tensor([[1.0], later_step["rewards"]]),
+        "values": torch.tensor([[0.5], later_step["values"]]),
+        "next_values": torch.tensor([[3.0], later_step["next_values"]]),
+    }
+    no_end = torch.tensor([[0.0], [0.0]])
+    end = torch.tensor([[1.0], [0.0]])
+    truncated = gae(module, {**base, "terminations": no_end, "truncations": end}, 0.9, 0.95)
+    terminated = gae(module, {**base, "terminations": end, "truncations": no_end}, 0.9, 0.95)
+    assert truncated[0, 0].item() == pytest.approx(1.0 + 0.9 * 3.0 - 0.5)
+    assert terminated[0, 0].item() == pytest.approx(1.0 - 0.5)
+
+
+EPS = 0.2
+
+
+def surrogate_case(ratio: float, advantage: float) -> float:
+    """§3.2, case by case (the cases the table leaves out follow from min(r Â, clip(r) Â))."""
+    if advantage > 0:
+        return (1 + EPS) * advantage if ratio >= 1 + EPS else ratio * advantage
+    if advantage < 0:
+        return (1 - EPS) * advantage if ratio <= 1 - EPS else ratio * advantage
+    return 0.0
+
+
+CASES = [
+    (1.1, 2.0),  # Â > 0, r < 1+ε: r Â
+    (1.5, 2.0),  # Â > 0, r >= 1+ε: (1+ε) Â, clipped
+    (0.5, 2.0),  # Â > 0, r far below 1: r Â (min keeps the worse, unclipped term)
+    (0.9, -2.0),  # Â < 0, r > 1-ε: r Â
+    (0.5, -2.0),  # Â < 0, r <= 1-ε: (1-ε) Â, clipped
+    (1.7, -2.0),  # Â < 0, r far above 1: r Â
+    (1.3, 0.0),  # Â = 0: no signal at all
+]
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize(("ratio", "advantage"), CASES)
+def test_clipped_surrogate_case_by_case(module, ratio, advantage):
+    r = torch.tensor([ratio], requires_grad=True)
+    loss = module.clipped_surrogate_loss(r, torch.tensor([advantage]), EPS)
+    assert loss.item() == pytest.approx(-surrogate_case(ratio, advantage))
+    loss.backward()
+    clipped = surrogate_case(ratio, advantage) != ratio * advantage or advantage == 0
+    # A clipped sample gives no gradient; an unclipped one gives d(-r Â)/dr = -Â.
+    assert r.grad.item() == pytest.approx(0.0 if clipped else -advantage)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_clipped_surrogate_is_the_mean_over_samples(module):
+    ratios, advantages = zip(*CASES)
+    loss = module.clipped_surrogate_loss(torch.tensor(ratios), torch.tensor(advantages), EPS)
+    expected = -np.mean([surrogate_case(r, a) for r, a in CASES])
+    assert loss.item() == pytest.approx(expected)
+
+
+VALUE_CASES = [  # (new V, old V, return R̂)
+    (1.1, 1.0, 3.0),  # moved less than ε: clipping changes nothing
+    (2.0, 1.0, 3.0),  # moved past ε towards R̂: the clipped value, further from R̂, counts
+    (0.0, 1.0, 3.0),  # moved past ε away from R̂: the unclipped error is the larger
+    (1.5, 1.0, 1.4),  # overshot R̂ by more than ε: the clipped error is smaller, unclipped counts
+]
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize(("new", "old", "ret"), VALUE_CASES)
+def test_value_loss_case_by_case(module, new, old, ret):
+    new_t, old_t, ret_t = (torch.tensor([x]) for x in (new, old, ret))
+    assert module.value_loss(new_t, old_t, ret_t, None).item() == pytest.approx((new - ret) ** 2)
+    clipped_v = old + min(max(new - old, -EPS), EPS)
+    expected = max((new - ret) ** 2, (clipped_v - ret) ** 2)  # §5.2
+    assert module.value_loss(new_t, old_t, ret_t, EPS).item() == pytest.approx(expected)
+
+
+def test_running_mean_std_matches_numpy_over_the_whole_stream():
+    from ppo_continuous import RunningMeanStd
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=(n, 3)) for n in (1, 7, 64, 5)]
+    rms = RunningMeanStd((3,))
+    for batch in batches:
+        rms.update(batch)
+    everything = np.concatenate(batches)
+    np.testing.assert_allclose(rms.mean, everything.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(rms.var, everything.var(axis=0), rtol=1e-6)
+
+
+def test_normalize_obs_standardizes_and_clips():
+    from ppo_continuous import OBS_CLIP, RunningMeanStd, normalize_obs
+
+    rms = RunningMeanStd((2,))
+    rms.update(np.array([[0.0, 10.0], [2.0, 30.0]]))  # mean (1, 20), std (1, 10)
+    obs = np.array([[2.0, 0.0], [1.0, 1e6]])
+    expected = np.array([[1.0, -2.0], [0.0, OBS_CLIP]])
+    np.testing.assert_allclose(normalize_obs(obs, rms), expected, atol=1e-6)
+    assert normalize_obs(obs, None) is obs
