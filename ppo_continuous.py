@@ -180,6 +180,10 @@ class RunningMeanStd:
         mean, var = torch.from_numpy(self.mean), torch.from_numpy(self.var)
         return {"mean": mean, "var": var, "count": torch.tensor(self.count)}
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean, self.var = state["mean"].numpy(), state["var"].numpy()
+        self.count = state["count"].item()
+
 
 def normalize_obs(obs: np.ndarray, obs_rms: RunningMeanStd | None) -> np.ndarray:
     """(obs - mean) / std by running statistics, clipped to ±OBS_CLIP; obs if obs_rms is None."""

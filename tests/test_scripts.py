@@ -51,12 +51,20 @@ def test_tiny_run_logs_saves_and_records(run_script, script):
 
     checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
     assert checkpoint["args"]["env_id"] == DEFAULT_ENV[script]
-    load_agent(script, DEFAULT_ENV[script], checkpoint)
+    agent = load_agent(script, DEFAULT_ENV[script], checkpoint)
+    module = importlib.import_module(script.removesuffix(".py"))
+    eval_args = (agent, DEFAULT_ENV[script], 2, 1 + 2, torch.device("cpu"))  # seed + num_envs
     if script == "ppo_continuous.py":
         assert checkpoint["obs_rms"]["mean"].shape == (3,)  # Pendulum's observation
         assert checkpoint["obs_rms"]["count"] > 512  # every observation of the run
+        obs_rms = module.RunningMeanStd()
+        obs_rms.load_state_dict(checkpoint["obs_rms"])
+        eval_args += (obs_rms,)
     else:
         assert checkpoint["obs_rms"] is None
+    # The saved agent, with its saved normalization, evaluates exactly as it did after training.
+    eval_return = sum(module.evaluate(*eval_args)) / 2
+    assert eval_return == pytest.approx(logged["eval/episodic_return"][0], rel=1e-5)
 
     gif = Image.open(run_dir.parent.parent / "gifs" / f"{DEFAULT_ENV[script]}.gif")
     assert gif.n_frames > 5
