@@ -45,7 +45,7 @@ class Args:
     """the number of parallel environments (§7)"""
     num_steps: int = 512
     """the number of steps to run in each environment per policy rollout (§7.2 T)"""
-    anneal_lr: bool = False
+    anneal_lr: bool = True
     """if toggled, the learning rate decays linearly to zero over the run (§8.4)"""
     gamma: float = 0.9
     """the discount factor gamma (§4.2)"""
@@ -260,10 +260,8 @@ def evaluate(
     statistics frozen; returns their returns. With gif_path, the first episode is written there."""
     env = gym.make(env_id, render_mode="rgb_array") if gif_path else gym.make(env_id)
     episodic_returns, frames = [], []
-    obs, _ = env.reset(seed=seed)
     for episode in range(episodes):
-        if episode > 0:
-            obs, _ = env.reset()
+        obs, _ = env.reset(seed=seed if episode == 0 else None)  # later episodes continue its RNG
         episodic_return, episode_over = 0.0, False
         while not episode_over:
             if gif_path and episode == 0:
@@ -288,19 +286,15 @@ def evaluate(
 
 def args_error(args: Args) -> str | None:
     """The first reason the sizes and hyperparameters cannot make a run, or None."""
-    positive = (
-        "total_timesteps",
-        "num_envs",
-        "num_steps",
-        "num_minibatches",
-        "update_epochs",
-    )
-    for name in positive + ("learning_rate", "clip_coef"):
-        if getattr(args, name) <= 0:
-            return f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+    sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
+    for name in (*sizes, "learning_rate", "clip_coef"):
+        value = getattr(args, name)
+        if value <= 0:
+            return f"--{name.replace('_', '-')} must be positive, got {value}"
     for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(args, name) <= 1:
-            return f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}"
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
     if args.target_kl is not None and args.target_kl <= 0:
         return f"--target-kl must be positive, got {args.target_kl}"
     if args.eval_episodes < 0:
