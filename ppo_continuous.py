@@ -61,7 +61,7 @@ class Args:
     """the clipping coefficient epsilon of the surrogate objective and value loss (§3.1, §5.2)"""
     clip_vloss: bool = False
     """if toggled, the value loss is clipped (§5.2)"""
-    ent_coef: float = 0.0
+    ent_coef: float = 0.01
     """the entropy coefficient c2 (§6)"""
     vf_coef: float = 0.5
     """the value-loss coefficient c1 (§6)"""
@@ -69,8 +69,9 @@ class Args:
     """the maximum norm of the gradient (§8.4)"""
     target_kl: float | None = None
     """if set, an iteration's update stops early once the approximate KL (§10.1) exceeds it"""
-    norm_obs: bool = True
-    """if toggled, observations are normalized by running mean and variance (clipped to ±10)"""
+    norm_obs: bool = False
+    """if toggled, observations are normalized by running mean and variance (clipped to ±10);
+    recommended for MuJoCo, off by default as it learned Pendulum-v1 more slowly"""
     norm_reward: bool = True
     """if toggled, rewards are divided by the running std of discounted returns (clipped to ±10)"""
     state_dependent_std: bool = False

@@ -43,7 +43,9 @@ def load_agent(script: str, env_id: str, checkpoint: dict) -> torch.nn.Module:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_tiny_run_logs_saves_and_records(run_script, script):
-    run_dir = run_script(script, *TINY, "--save-model", "--capture-gif")
+    # ppo_continuous.py normalizes observations on request: the statistics must travel with the model.
+    norm_obs = ["--norm-obs"] if script == "ppo_continuous.py" else []
+    run_dir = run_script(script, *TINY, *norm_obs, "--save-model", "--capture-gif")
 
     logged = scalars(run_dir)
     assert REQUIRED_TAGS <= logged.keys()
