@@ -15,4 +15,4 @@ def test_pendulum_defaults_learn_to_swing_up(run_script):
     run_dir = run_script(
         "ppo_continuous.py", "--env-id", "Pendulum-v1", "--total-timesteps", "50000"
     )
-    assert scalars(run_dir)["eval/episodic_return"][0] >= -400
+    assert scalars(run_dir)["eval/episodic_return"][0] >= -300
