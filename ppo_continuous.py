@@ -84,8 +84,8 @@ class Args:
     """the number of deterministic evaluation episodes after training"""
 
 
-# Normalized observations and rewards are clipped to ±OBS_CLIP, as in SB3's VecNormalize.
-OBS_CLIP = 10.0
+# Normalized observations and rewards are clipped to ±NORM_CLIP, as in SB3's VecNormalize.
+NORM_CLIP = 10.0
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
 
 
@@ -187,10 +187,10 @@ class RunningMeanStd:
 
 
 def normalize_obs(obs: np.ndarray, obs_rms: RunningMeanStd | None) -> np.ndarray:
-    """(obs - mean) / std by running statistics, clipped to ±OBS_CLIP; obs if obs_rms is None."""
+    """(obs - mean) / std by running statistics, clipped to ±NORM_CLIP; obs if obs_rms is None."""
     if obs_rms is None:
         return obs
-    return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + EPSILON), -OBS_CLIP, OBS_CLIP)
+    return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + EPSILON), -NORM_CLIP, NORM_CLIP)
 
 
 def compute_gae(
@@ -381,7 +381,7 @@ if __name__ == "__main__":
     terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
     truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
-    # V(final_obs) where truncations[t] is set (the truncated episode's true last state), else 0
+    # V(final_obs) at the steps that truncated an episode (other entries are never read)
     final_values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     global_step = 0
@@ -419,7 +419,7 @@ if __name__ == "__main__":
                 # Scale rewards by the running std of the discounted return (SB3's VecNormalize).
                 discounted_return = discounted_return * args.gamma + reward
                 return_rms.update(discounted_return)
-                reward = np.clip(reward / np.sqrt(return_rms.var + EPSILON), -OBS_CLIP, OBS_CLIP)
+                reward = np.clip(reward / np.sqrt(return_rms.var + EPSILON), -NORM_CLIP, NORM_CLIP)
                 discounted_return[terminated | truncated] = 0.0
             rewards[step] = torch.tensor(reward, device=device)
             terminations[step] = torch.tensor(terminated, device=device)

@@ -317,7 +317,7 @@ if __name__ == "__main__":
     terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
     truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
-    # V(final_obs) where truncations[t] is set (the truncated episode's true last state), else 0
+    # V(final_obs) at the steps that truncated an episode (other entries are never read)
     final_values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     global_step = 0

@@ -184,11 +184,11 @@ def test_running_mean_std_matches_numpy_over_the_whole_stream():
 
 
 def test_normalize_obs_standardizes_and_clips():
-    from ppo_continuous import OBS_CLIP, RunningMeanStd, normalize_obs
+    from ppo_continuous import NORM_CLIP, RunningMeanStd, normalize_obs
 
     rms = RunningMeanStd((2,))
     rms.update(np.array([[0.0, 10.0], [2.0, 30.0]]))  # mean (1, 20), std (1, 10)
     obs = np.array([[2.0, 0.0], [1.0, 1e6]])
-    expected = np.array([[1.0, -2.0], [0.0, OBS_CLIP]])
+    expected = np.array([[1.0, -2.0], [0.0, NORM_CLIP]])
     np.testing.assert_allclose(normalize_obs(obs, rms), expected, atol=1e-6)
     assert normalize_obs(obs, None) is obs
