@@ -72,6 +72,35 @@ def test_tiny_run_logs_saves_and_records(run_script, script):
     assert gif.n_frames > 5
 
 
+OPTIONAL_FLAGS = {
+    "ppo_continuous.py": ["--clip-vloss", "--norm-obs", "--no-norm-reward", "--no-anneal-lr"],
+    "ppo_discrete.py": ["--clip-vloss", "--no-norm-adv", "--no-anneal-lr"],
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_target_kl_stops_the_update_early(run_script, script):
+    """The KL is exactly 0 before the first optimizer step, so a tiny --target-kl lets one step
+    through and stops at the next minibatch. The first iteration's mean KL then covers two
+    minibatches after at most one step, far below that of all 8 minibatches without the stop."""
+    flags = [*TINY, *OPTIONAL_FLAGS[script]]
+    full = scalars(run_script(script, *flags))
+    stopped = scalars(run_script(script, *flags, "--target-kl", "1e-9"))
+    assert REQUIRED_TAGS <= full.keys() and REQUIRED_TAGS <= stopped.keys()
+    assert 0 < stopped["losses/approx_kl"][0] < full["losses/approx_kl"][0] / 4
+
+
+def test_state_dependent_std_trains_and_reloads(run_script):
+    run_dir = run_script("ppo_continuous.py", *TINY, "--state-dependent-std", "--save-model")
+    checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
+    assert checkpoint["args"]["state_dependent_std"]
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")])
+    agent = importlib.import_module("ppo_continuous").Agent(envs, state_dependent_std=True)
+    agent.load_state_dict(checkpoint["model"])
+    std = agent.get_distribution(torch.randn(5, 3)).stddev  # (5, 1), one per observation
+    assert std.shape == (5, 1) and std.unique().numel() == 5
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_same_seed_gives_identical_returns(run_script, script):
     returns = [scalars(run_script(script, *TINY))["charts/episodic_return"] for _ in range(2)]
