@@ -1,8 +1,10 @@
 """Shared helpers: run a script in-process in a temp directory; read its TensorBoard scalars."""
 
+import importlib
 import runpy
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -10,6 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("ppo_continuous.py", "ppo_discrete.py")
 sys.path.insert(0, str(ROOT))  # the scripts import as modules, e.g. `import ppo_continuous`
+
+
+def import_script(script: str) -> ModuleType:
+    """The script as a module: its functions and classes (importing it trains nothing)."""
+    return importlib.import_module(script.removesuffix(".py"))
 
 
 @pytest.fixture

@@ -1,13 +1,11 @@
 """The math of both scripts against independent, brute-force references (§3, §4, §5, §8)."""
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPTS
+from conftest import SCRIPTS, import_script
 
-MODULES = [importlib.import_module(script.removesuffix(".py")) for script in SCRIPTS]
+MODULES = [import_script(script) for script in SCRIPTS]
 
 
 def random_rollout(num_steps: int, num_envs: int, seed: int) -> dict[str, torch.Tensor]:

@@ -1,11 +1,9 @@
 """Each script end to end on tiny budgets: logs, saved model, GIF, determinism, learned values."""
 
-import importlib
-
 import gymnasium as gym
 import pytest
 import torch
-from conftest import SCRIPTS, scalars
+from conftest import SCRIPTS, import_script, scalars
 from PIL import Image
 
 # Two iterations of 2 envs x 128 steps: a Pendulum episode (200 steps) ends in the second one.
@@ -32,11 +30,10 @@ TOY_ENV = {
 }
 
 
-def load_agent(script: str, env_id: str, checkpoint: dict) -> torch.nn.Module:
+def load_agent(script: str, env_id: str, checkpoint: dict, **agent_kwargs) -> torch.nn.Module:
     """A fresh Agent of the script, built for env_id, with the checkpoint's weights loaded strictly."""
-    module = importlib.import_module(script.removesuffix(".py"))
     envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)])
-    agent = module.Agent(envs)
+    agent = import_script(script).Agent(envs, **agent_kwargs)
     agent.load_state_dict(checkpoint["model"])
     return agent
 
@@ -54,7 +51,7 @@ def test_tiny_run_logs_saves_and_records(run_script, script):
     checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
     assert checkpoint["args"]["env_id"] == DEFAULT_ENV[script]
     agent = load_agent(script, DEFAULT_ENV[script], checkpoint)
-    module = importlib.import_module(script.removesuffix(".py"))
+    module = import_script(script)
     eval_args = (agent, DEFAULT_ENV[script], 2, 1 + 2, torch.device("cpu"))  # seed + num_envs
     if script == "ppo_continuous.py":
         assert checkpoint["obs_rms"]["mean"].shape == (3,)  # Pendulum's observation
@@ -94,9 +91,7 @@ def test_state_dependent_std_trains_and_reloads(run_script):
     run_dir = run_script("ppo_continuous.py", *TINY, "--state-dependent-std", "--save-model")
     checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
     assert checkpoint["args"]["state_dependent_std"]
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")])
-    agent = importlib.import_module("ppo_continuous").Agent(envs, state_dependent_std=True)
-    agent.load_state_dict(checkpoint["model"])
+    agent = load_agent("ppo_continuous.py", "Pendulum-v1", checkpoint, state_dependent_std=True)
     std = agent.get_distribution(torch.randn(5, 3)).stddev  # (5, 1), one per observation
     assert std.shape == (5, 1) and std.unique().numel() == 5
 
