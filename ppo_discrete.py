@@ -404,11 +404,11 @@ if __name__ == "__main__":
                     )
 
                 pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
-                v_clip = args.clip_coef if args.clip_vloss else None
+                v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
                 v_loss = value_loss(
                     newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
                 )
-                entropy_loss = entropy.mean()
+                entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
                 loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
 
                 with torch.no_grad():
