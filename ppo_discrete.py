@@ -7,13 +7,17 @@ design document, ppo_design.md (the README maps each section to the code).
     python ppo_discrete.py --env-id CartPole-v1
 """
 
+import copy
 import os
+import pickle
 import random
+import signal
 import sys
 import time
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import gymnasium as gym
 import numpy as np
@@ -24,10 +28,12 @@ from torch import nn
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
+SCRIPT = os.path.basename(__file__)
+
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    exp_name: str = SCRIPT.removesuffix(".py")
     """the name of this experiment (part of the run directory's name)"""
     seed: int = 1
     """seed of the experiment (python, numpy, torch and the environments)"""
@@ -75,9 +81,23 @@ class Args:
     """if toggled, write one deterministic evaluation episode to `gifs/{env_id}.gif`"""
     eval_episodes: int = 10
     """the number of deterministic evaluation episodes after training"""
+    checkpoint_every: int = 0
+    """write `runs/{run_name}/checkpoint.pt` every N iterations (0: only when training ends, however
+    it ends: done, Ctrl-C / SIGTERM, or an error)"""
+    resume: str | None = None
+    """a checkpoint.pt or its run directory: continue that run, with its saved arguments, in its
+    directory, to its total_timesteps"""
+    eval_only: str | None = None
+    """an agent.pt or checkpoint.pt: run `eval-episodes` deterministic episodes with it (its saved
+    env, seed and normalization statistics) and exit; `--capture-gif` and `--cuda` apply"""
 
 
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
+# agent.pt holds what evaluation needs; checkpoint.pt adds what training needs to continue.
+AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
+CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "iteration", "global_step", "rng")
+# The flags --eval-only takes from the command line; the rest come from the saved run.
+EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda")
 
 
 def make_env(env_id: str) -> Callable[[], gym.Env]:
@@ -198,8 +218,8 @@ def evaluate(
     device: torch.device,
     gif_path: str | None = None,
 ) -> list[float]:
-    """Runs deterministic episodes (the most probable action) on a fresh env; returns their
-    returns. With gif_path, the first episode is written there."""
+    """Runs deterministic episodes (the most probable action) on a fresh env; prints and returns
+    their returns. With gif_path, the first episode is written there."""
     env = gym.make(env_id, render_mode="rgb_array") if gif_path else gym.make(env_id)
     episodic_returns, frames = [], []
     for episode in range(episodes):
@@ -220,6 +240,8 @@ def evaluate(
         frame_ms = 1000 / env.metadata.get("render_fps", 30)
         frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
     env.close()
+    mean, std = np.mean(episodic_returns), np.std(episodic_returns)
+    print(f"eval: mean return {mean:.1f} ± {std:.1f} over {episodes} episodes")
     return episodic_returns
 
 
@@ -238,6 +260,8 @@ def args_error(args: Args) -> str | None:
         return f"--target-kl must be positive, got {args.target_kl}"
     if args.eval_episodes < 0:
         return f"--eval-episodes must be non-negative, got {args.eval_episodes}"
+    if args.checkpoint_every < 0:
+        return f"--checkpoint-every must be non-negative, got {args.checkpoint_every}"
     if args.capture_gif and args.eval_episodes == 0:
         return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
     batch_size = args.num_envs * args.num_steps
@@ -271,8 +295,131 @@ def spaces_error(env_id: str, observation_space: gym.Space, action_space: gym.Sp
     return None
 
 
+def saved_run_args(args: Args, saved_args: dict) -> Args:
+    """The saved run's arguments, with --resume, or --eval-only and its own flags, from the command
+    line. Raises ValueError if the command line sets any other flag: it would be ignored."""
+    own_flags = ("resume",) if args.resume is not None else EVAL_ONLY_FLAGS
+    defaults = Args()
+    for field in fields(Args):
+        if field.name not in own_flags and getattr(args, field.name) != getattr(
+            defaults, field.name
+        ):
+            mode = "--resume" if args.resume is not None else "--eval-only"
+            flag = f"--{field.name.replace('_', '-')}"
+            raise ValueError(f"{flag} cannot be set with {mode}: the saved run's arguments apply")
+    try:
+        saved = Args(**saved_args)
+    except TypeError:
+        raise ValueError(f"the saved arguments are not those of this {SCRIPT}") from None
+    # A resumed run saves its --resume path too: only this command line's own flags apply.
+    saved = replace(saved, resume=None, eval_only=None)
+    return replace(saved, **{name: getattr(args, name) for name in own_flags})
+
+
+def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
+    """Reads an agent.pt or checkpoint.pt that this script wrote and that has `keys`. Anything else
+    (missing, truncated, corrupted, foreign, or a pickle with code in it) raises ValueError with a
+    one-line reason. weights_only=True: code in the file is refused, never run."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it did not write
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"refused {path}: not only tensors and plain data (loading the rest could run code)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 (a damaged file fails with many error types)
+        raise ValueError(
+            f"cannot read {path}: truncated or corrupted ({type(e).__name__})"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
+        raise ValueError(f"{path} was not written by {SCRIPT}")
+    if missing := [key for key in keys if key not in checkpoint]:
+        raise ValueError(
+            f"{path} has no {', '.join(missing)}: is it an agent.pt, not a checkpoint?"
+        )
+    return checkpoint
+
+
+def rng_states() -> dict:
+    """The python, numpy and torch random generators' states, in types weights_only loads."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+
+
+def set_rng_states(states: dict) -> None:
+    numpy_state = copy.deepcopy(states["numpy"])
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    random.setstate(states["python"])
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(states["torch"])
+
+
+def training_state(
+    run: dict,
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+    global_step: int,
+) -> dict:
+    """A checkpoint: `run` (script, args, spaces) and a copy, not references, of everything that
+    training changes, at an iteration boundary. The envs are not in it: see `--resume`."""
+    return {
+        **run,
+        "model": copy.deepcopy(agent.state_dict()),
+        "obs_rms": None,  # no observation normalization here, as in ppo_continuous.py without it
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "iteration": iteration,
+        "global_step": global_step,
+        "rng": rng_states(),
+    }
+
+
+def save_atomically(checkpoint: dict, path: str) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename over `path`: a crash or
+    a second Ctrl-C leaves the old file or the new one at `path`, never half of one."""
+    with open(f"{path}.tmp", "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f"{path}.tmp", path)
+
+
+def first_nonfinite_env(observations: np.ndarray, rewards: np.ndarray) -> int | None:
+    """The index of the first env whose observation or reward is NaN or infinite, or None."""
+    finite = np.isfinite(observations).reshape(len(rewards), -1).all(axis=1) & np.isfinite(rewards)
+    return None if finite.all() else int(np.argmin(finite))
+
+
+stop_signal: int | None = None  # set by the first SIGINT or SIGTERM during training
+
+
+def request_stop(signum: int, frame: object) -> None:
+    """Training stops after the current env step and saves its last iteration boundary. The default
+    handlers come back, so a second signal ends the process at once; the checkpoint on disk stays
+    whole, since it is only ever replaced atomically."""
+    global stop_signal  # a signal handler reaches the training loop only through a global
+    stop_signal = signum
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    # --resume and --eval-only read a saved run, whose arguments replace the command line's.
+    saved, saved_path = None, args.resume or args.eval_only
+    if saved_path is not None:
+        if os.path.isdir(saved_path):  # a run directory: its checkpoint
+            saved_path = os.path.join(saved_path, "checkpoint.pt")
+        keys = CHECKPOINT_KEYS if args.resume is not None else AGENT_KEYS
+        try:
+            saved = load_checkpoint(saved_path, keys)
+            args = saved_run_args(args, saved["args"])
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     if (error := args_error(args)) is not None:
         sys.exit(f"error: {error}")
     batch_size = args.num_envs * args.num_steps
@@ -291,11 +438,9 @@ if __name__ == "__main__":
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
     if (error := spaces_error(args.env_id, observation_space, action_space)) is not None:
         sys.exit(f"error: {error}")
-
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
-    hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
+    spaces = [str(observation_space), str(action_space)]  # saved with the model, checked on load
+    if saved is not None and saved["spaces"] != spaces:
+        sys.exit(f"error: {saved_path} is for spaces {saved['spaces']}; {args.env_id} has {spaces}")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -308,6 +453,37 @@ if __name__ == "__main__":
 
     agent = Agent(envs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # §8.4
+    if saved is not None:
+        try:
+            agent.load_state_dict(saved["model"])
+            if args.resume is not None:
+                optimizer.load_state_dict(saved["optimizer"])
+                set_rng_states(saved["rng"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0]
+            sys.exit(f"error: {saved_path} does not fit this script's network: {reason}")
+
+    # Evaluation runs on a fresh env seeded past the training envs' seeds.
+    eval_seed = args.seed + args.num_envs
+    gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+    if args.eval_only is not None:
+        evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path)
+        sys.exit(0)
+
+    if args.resume is not None:  # the same run directory; TensorBoard steps continue
+        run_dir = os.path.dirname(saved_path)
+        start_iteration, global_step = saved["iteration"], saved["global_step"]
+    else:
+        run_dir = f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        start_iteration, global_step = 0, 0
+    # purge_step hides the points an interrupted process logged after its last checkpoint, so
+    # that a resumed run logs each step once.
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if args.resume else None)
+    if args.resume is None:
+        hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
+    checkpoint_path = f"{run_dir}/checkpoint.pt"
+    run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces}
 
     # §7.2 rollout storage, (num_steps, num_envs, ...)
     obs = torch.zeros((args.num_steps, args.num_envs) + observation_space.shape, device=device)
@@ -320,157 +496,180 @@ if __name__ == "__main__":
     # V(final_obs) at the steps that truncated an episode (other entries are never read)
     final_values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-    global_step = 0
-    start_time = time.time()
+    start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
-    next_obs_raw, _ = envs.reset(seed=args.seed)  # (num_envs, obs_dim); env i is seeded seed + i
+    # (num_envs, obs_dim); env i is seeded seed + i + global_step. The envs' states are not in a
+    # checkpoint: a resumed run starts new episodes (global_step > 0 gives them new seeds).
+    next_obs_raw, _ = envs.reset(seed=args.seed + global_step)
     next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
 
-    for iteration in range(1, num_iterations + 1):
-        if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
-            frac = 1.0 - (iteration - 1.0) / num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+    # The state at the last iteration boundary, written however training ends.
+    checkpoint = training_state(run, agent, optimizer, start_iteration, global_step)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for iteration in range(start_iteration + 1, num_iterations + 1):
+            if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
+                frac = 1.0 - (iteration - 1.0) / num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
-        # §9.1 phase 1: rollout collection
-        for step in range(args.num_steps):
-            global_step += args.num_envs
-            obs[step] = next_obs
-            with torch.inference_mode():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
-            values[step] = value.flatten()
-            actions[step] = action
-            logprobs[step] = logprob
-
-            next_obs_raw, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-            rewards[step] = torch.tensor(reward, device=device)
-            terminations[step] = torch.tensor(terminated, device=device)
-            truncations[step] = torch.tensor(truncated, device=device)
-            next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
-
-            # A time limit cut these episodes; the MDP did not end them. Bootstrap from the value of
-            # each one's true last observation.
-            if truncated.any():
-                truncated_envs = np.flatnonzero(truncated)
-                final_obs = np.stack(infos["final_obs"][truncated_envs])  # (num_truncated, obs_dim)
-                final_obs = torch.tensor(final_obs, dtype=torch.float32, device=device)
+            # §9.1 phase 1: rollout collection
+            for step in range(args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
                 with torch.inference_mode():
-                    final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
 
-            # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
-            if "episode" in infos.get("final_info", {}):
-                episode = infos["final_info"]["episode"]
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    recent_returns.append(float(episode["r"][i]))
-                    writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
-                    writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
-
-        # §9.1 phase 2: advantages and returns
-        with torch.inference_mode():
-            next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
-        # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
-        # after the last step, and V(final_obs) where the episode was truncated.
-        next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
-        next_values = torch.where(truncations.bool(), final_values, next_values)
-        advantages = compute_gae(
-            rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
-        )  # (num_steps, num_envs)
-        returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
-
-        # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
-        b_obs = obs.reshape((-1,) + observation_space.shape)
-        b_actions = actions.reshape((-1,) + action_space.shape)
-        b_logprobs = logprobs.reshape(-1)
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
-
-        # §9.1 phase 3: update_epochs passes over shuffled minibatches
-        stats = defaultdict(list)  # each minibatch's figures, averaged for the log
-        kl_exceeded = False
-        for epoch in range(args.update_epochs):
-            b_inds = np.random.permutation(batch_size)
-            for start in range(0, batch_size, minibatch_size):
-                mb_inds = b_inds[start : start + minibatch_size]
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                    b_obs[mb_inds], b_actions[mb_inds]
-                )
-                logratio = newlogprob - b_logprobs[mb_inds]
-                ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
-
-                mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (
-                        mb_advantages.std() + EPSILON
+                next_obs_raw, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+                if (bad_env := first_nonfinite_env(next_obs_raw, reward)) is not None:
+                    sys.exit(
+                        f"error: env {bad_env} returned a non-finite observation or reward at "
+                        f"global step {global_step}; the last good state is in {checkpoint_path}"
                     )
+                rewards[step] = torch.tensor(reward, device=device)
+                terminations[step] = torch.tensor(terminated, device=device)
+                truncations[step] = torch.tensor(truncated, device=device)
+                next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
 
-                pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
-                v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
-                v_loss = value_loss(
-                    newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
-                )
-                entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
-                loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
+                # A time limit cut these episodes; the MDP did not end them. Bootstrap from the
+                # value of each one's true last observation.
+                if truncated.any():
+                    truncated_envs = np.flatnonzero(truncated)
+                    # (num_truncated, obs_dim)
+                    final_obs = np.stack(infos["final_obs"][truncated_envs])
+                    final_obs = torch.tensor(final_obs, dtype=torch.float32, device=device)
+                    with torch.inference_mode():
+                        final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
 
-                with torch.no_grad():
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
-                    clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-                minibatch_stats = {
-                    "policy_loss": pg_loss,
-                    "value_loss": v_loss,
-                    "entropy": entropy_loss,
-                    "old_approx_kl": old_approx_kl,
-                    "approx_kl": approx_kl,
-                    "clipfrac": clipfrac,
-                }
-                for key, value in minibatch_stats.items():
-                    stats[key].append(value.item())
-                if args.target_kl is not None and approx_kl > args.target_kl:
-                    kl_exceeded = True  # stop before this minibatch moves the policy further
-                    break
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)  # §8.4
-                optimizer.step()
-            if kl_exceeded:
+                # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
+                if "episode" in infos.get("final_info", {}):
+                    episode = infos["final_info"]["episode"]
+                    for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                        recent_returns.append(float(episode["r"][i]))
+                        writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
+                        writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
+                if stop_signal is not None:
+                    break  # drop this partial rollout: the checkpoint holds its iteration's start
+            if stop_signal is not None:
                 break
 
-        # §10 diagnostics; the losses are averaged over every minibatch of this iteration
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-        sps = int(global_step / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        for key, history in stats.items():
-            writer.add_scalar(f"losses/{key}", np.mean(history), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-        eta = (args.total_timesteps - global_step) / max(sps, 1)
-        print(
-            f"step {global_step}/{args.total_timesteps} | return {mean_return} "
-            f"| SPS {sps} | ETA {eta:.0f}s",
-            flush=True,
-        )
+            # §9.1 phase 2: advantages and returns
+            with torch.inference_mode():
+                next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
+            # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
+            # after the last step, and V(final_obs) where the episode was truncated.
+            next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
+            next_values = torch.where(truncations.bool(), final_values, next_values)
+            advantages = compute_gae(
+                rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
+            )  # (num_steps, num_envs)
+            returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
+
+            # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
+            b_obs = obs.reshape((-1,) + observation_space.shape)
+            b_actions = actions.reshape((-1,) + action_space.shape)
+            b_logprobs = logprobs.reshape(-1)
+            b_advantages = advantages.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_values = values.reshape(-1)
+
+            # §9.1 phase 3: update_epochs passes over shuffled minibatches
+            stats = defaultdict(list)  # each minibatch's figures, averaged for the log
+            kl_exceeded = False
+            for epoch in range(args.update_epochs):
+                b_inds = np.random.permutation(batch_size)
+                for start in range(0, batch_size, minibatch_size):
+                    mb_inds = b_inds[start : start + minibatch_size]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                        b_obs[mb_inds], b_actions[mb_inds]
+                    )
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
+
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                            mb_advantages.std() + EPSILON
+                        )
+
+                    pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
+                    v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
+                    v_loss = value_loss(
+                        newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
+                    )
+                    entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
+                    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
+
+                    with torch.no_grad():
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
+                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+                    minibatch_stats = {
+                        "policy_loss": pg_loss,
+                        "value_loss": v_loss,
+                        "entropy": entropy_loss,
+                        "old_approx_kl": old_approx_kl,
+                        "approx_kl": approx_kl,
+                        "clipfrac": clipfrac,
+                    }
+                    for key, value in minibatch_stats.items():
+                        stats[key].append(value.item())
+                    if args.target_kl is not None and approx_kl > args.target_kl:
+                        kl_exceeded = True  # stop before this minibatch moves the policy further
+                        break
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # before the step
+                        sys.exit(
+                            f"error: non-finite loss or gradient at global step {global_step}; "
+                            f"the last good state is in {checkpoint_path}"
+                        )
+                    optimizer.step()
+                if kl_exceeded:
+                    break
+
+            # §10 diagnostics; the losses are averaged over every minibatch of this iteration
+            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            for key, history in stats.items():
+                writer.add_scalar(f"losses/{key}", np.mean(history), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            eta = (args.total_timesteps - global_step) / max(sps, 1)
+            print(
+                f"step {global_step}/{args.total_timesteps} | return {mean_return} "
+                f"| SPS {sps} | ETA {eta:.0f}s",
+                flush=True,
+            )
+            checkpoint = training_state(run, agent, optimizer, iteration, global_step)
+            if args.checkpoint_every > 0 and iteration % args.checkpoint_every == 0:
+                save_atomically(checkpoint, checkpoint_path)
+                writer.flush()  # the log on disk reaches at least as far as the checkpoint
+    finally:  # done, a signal, or an error: keep the last boundary and every logged point
+        save_atomically(checkpoint, checkpoint_path)
+        writer.flush()
     envs.close()
+    if stop_signal is not None:
+        print(
+            f"stopped by {signal.Signals(stop_signal).name} after iteration "
+            f"{checkpoint['iteration']}; resume with: python {sys.argv[0]} --resume {run_dir}"
+        )
+        sys.exit(128 + stop_signal)
 
     if args.save_model:
-        model_path = f"runs/{run_name}/agent.pt"
-        # No observation normalization here: "obs_rms" is None, as in ppo_continuous.py without it.
-        checkpoint = {"model": agent.state_dict(), "obs_rms": None, "args": asdict(args)}
-        torch.save(checkpoint, model_path + ".tmp")
-        os.replace(model_path + ".tmp", model_path)  # atomic: never half a file at model_path
-        print(f"model saved to {model_path}")
+        save_atomically({key: checkpoint[key] for key in AGENT_KEYS}, f"{run_dir}/agent.pt")
+        print(f"model saved to {run_dir}/agent.pt")
 
     if args.eval_episodes > 0:
-        gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
-        # Fresh envs seeded past the training envs' seeds.
-        eval_seed = args.seed + args.num_envs
         eval_returns = evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path)
         writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
-        print(
-            f"eval: mean return {np.mean(eval_returns):.1f} ± {np.std(eval_returns):.1f} "
-            f"over {args.eval_episodes} episodes"
-        )
     writer.close()

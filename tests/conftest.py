@@ -1,7 +1,9 @@
 """Shared helpers: run a script in-process in a temp directory; read its TensorBoard scalars."""
 
 import importlib
+import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,28 +21,47 @@ def import_script(script: str) -> ModuleType:
     return importlib.import_module(script.removesuffix(".py"))
 
 
+def run_in(workdir: Path, script: str, *args: str) -> Path:
+    """Runs a script's __main__ block in-process, as `python SCRIPT ARGS...` in workdir would, and
+    returns the run directory it wrote. Afterwards the working directory, sys.argv and the signal
+    handlers the script installs are as before."""
+    cwd, argv = Path.cwd(), sys.argv
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chdir(workdir)
+        sys.argv = [script, *args]
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    finally:
+        os.chdir(cwd)
+        sys.argv = argv
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    (run_dir,) = (workdir / "runs").iterdir()
+    return run_dir
+
+
 @pytest.fixture
-def run_script(tmp_path, monkeypatch):
-    """Runs a script's __main__ block in-process, as `python SCRIPT ARGS...` would, each call in a
-    fresh directory under tmp_path where it writes runs/ and gifs/; returns the run directory."""
+def run_script(tmp_path):
+    """run_in, each call in a fresh directory under tmp_path (where it writes runs/ and gifs/)."""
     calls = 0
 
     def run(script: str, *args: str) -> Path:
         nonlocal calls
         calls += 1
-        workdir = tmp_path / f"call{calls}"
-        workdir.mkdir()
-        monkeypatch.chdir(workdir)
-        monkeypatch.setattr(sys, "argv", [script, *args])
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-        (run_dir,) = (workdir / "runs").iterdir()
-        return run_dir
+        return run_in(tmp_path / f"call{calls}", script, *args)
 
     return run
 
 
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    """Every TensorBoard scalar of a run, by tag, in step order."""
+def scalar_events(run_dir: Path) -> dict[str, list]:
+    """Every TensorBoard scalar event (.step, .value) of a run, by tag, as TensorBoard shows them:
+    in order, without the points a resumed run purged."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every TensorBoard scalar value of a run, by tag, in step order."""
+    return {tag: [e.value for e in events] for tag, events in scalar_events(run_dir).items()}

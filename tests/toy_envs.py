@@ -26,6 +26,37 @@ class ConstantRewardEnv(gym.Env):
         return np.zeros(self.observation_space.shape, dtype=np.float32), 1.0, False, False, {}
 
 
+class NaNObservationEnv(ConstantRewardEnv):
+    """ConstantRewardEnv, but if it was seeded with an even seed, its NAN_STEP-th step (counted
+    over all its episodes) returns a NaN observation."""
+
+    NAN_STEP = 70
+
+    def __init__(self, continuous: bool) -> None:
+        super().__init__(continuous)
+        self.steps, self.breaks = 0, False
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.breaks = seed % 2 == 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.breaks and self.steps == self.NAN_STEP:
+            obs = np.full_like(obs, np.nan)
+        return obs, reward, terminated, truncated, info
+
+
+class HugeRewardEnv(ConstantRewardEnv):
+    """Reward 1e38 every step: finite, but a float32 sum of a few of them is infinite."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, 1e38, terminated, truncated, info
+
+
 for kind, continuous in (("Box", True), ("Discrete", False)):
     gym.register(
         f"ConstantReward{kind}-v0",
@@ -40,3 +71,10 @@ for kind, continuous in (("Box", True), ("Discrete", False)):
         max_episode_steps=TIME_LIMIT,
         kwargs={"continuous": continuous, "obs_shape": (4, 4, 3)},
     )
+    for env_class in (NaNObservationEnv, HugeRewardEnv):
+        gym.register(
+            f"{env_class.__name__.removesuffix('Env')}{kind}-v0",
+            entry_point=env_class,
+            max_episode_steps=TIME_LIMIT,
+            kwargs={"continuous": continuous},
+        )

@@ -1,0 +1,282 @@
+"""Long runs: checkpoints, resuming after a signal, non-finite guards, untrusted files, eval-only."""
+
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, SCRIPTS, run_in, scalar_events, scalars
+from test_scripts import DEFAULT_ENV, TINY
+from toy_envs import TIME_LIMIT, NaNObservationEnv
+
+ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}
+# Episodes of TIME_LIMIT steps end exactly at iteration boundaries, so a resumed run's fresh
+# episodes are the ones the uninterrupted run would have started there.
+ALIGNED = ["--num-envs", "2", "--num-steps", str(TIME_LIMIT), "--num-minibatches", "2"]
+ALIGNED += ["--update-epochs", "2", "--eval-episodes", "0"]
+BATCH = 2 * TIME_LIMIT
+
+
+def toy_env(name: str, script: str) -> list[str]:
+    return ["--env-id", f"toy_envs:{name}{ACTION_KIND[script]}-v0"]
+
+
+def python(cwd, *args: str) -> subprocess.Popen:
+    """`python ARGS...` in a real process, its stdout readable line by line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # for `toy_envs:...` env ids
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_progress_lines(process: subprocess.Popen, count: int) -> None:
+    """Reads stdout until `count` iterations have printed their progress line."""
+    seen = 0
+    while seen < count:
+        line = process.stdout.readline()
+        assert line, f"the run ended early: {process.stderr.read()}"
+        seen += line.startswith("step ")
+
+
+def load(path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("script", "signum"),
+    [("ppo_continuous.py", signal.SIGINT), ("ppo_discrete.py", signal.SIGTERM)],
+)
+def test_a_stopped_and_resumed_run_is_the_uninterrupted_run(run_script, tmp_path, script, signum):
+    """Stopped by a signal mid-run, the run saves its last iteration boundary, prints the command
+    that resumes it and exits 128 + signal. Resumed, it reaches total_timesteps with the same
+    TensorBoard steps and the same final parameters as a run that was never stopped."""
+    num_iterations = 80
+    flags = [*toy_env("ConstantReward", script), *ALIGNED, "--save-model"]
+    flags += ["--total-timesteps", str(num_iterations * BATCH)]
+    uninterrupted = run_script(script, *flags)
+
+    workdir = tmp_path / "stopped"
+    workdir.mkdir()
+    process = python(workdir, str(ROOT / script), *flags)
+    wait_for_progress_lines(process, 1)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    last_line = stdout.strip().splitlines()[-1]
+    match = re.fullmatch(
+        rf"stopped by {signum.name} after iteration (\d+); resume with: (.+)", last_line
+    )
+    assert match and 1 <= int(match[1]) < num_iterations
+    (run_dir,) = (workdir / "runs").iterdir()
+    assert load(run_dir / "checkpoint.pt")["iteration"] == int(match[1])
+    assert not (run_dir / "agent.pt").exists()
+
+    command = match[2].split()
+    assert command == ["python", str(ROOT / script), "--resume", f"runs/{run_dir.name}"]
+    resumed = python(workdir, *command[1:])
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr
+    assert load(run_dir / "checkpoint.pt")["global_step"] == num_iterations * BATCH
+
+    expected, logged = scalar_events(uninterrupted), scalar_events(run_dir)
+    assert [e.step for e in logged["charts/SPS"]] == [BATCH * i for i in range(1, 81)]
+    for tag in ("charts/episodic_return", "losses/policy_loss", "losses/value_loss"):
+        assert [e.step for e in logged[tag]] == [e.step for e in expected[tag]]
+    assert [e.value for e in logged["losses/value_loss"]] == pytest.approx(
+        [e.value for e in expected["losses/value_loss"]]
+    )
+    expected_model = load(uninterrupted / "agent.pt")["model"]
+    resumed_model = load(run_dir / "agent.pt")["model"]
+    assert all(torch.equal(expected_model[key], resumed_model[key]) for key in expected_model)
+
+
+def test_a_second_signal_exits_at_once_and_leaves_a_whole_checkpoint(tmp_path):
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--checkpoint-every", "1"]
+    process = python(
+        tmp_path, str(ROOT / "ppo_discrete.py"), *flags, "--total-timesteps", str(500 * BATCH)
+    )
+    wait_for_progress_lines(process, 3)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    # The first signal's orderly exit, or the second one's immediate end: either way no traceback.
+    assert process.returncode in (128 + signal.SIGINT, -signal.SIGINT)
+    assert "Traceback" not in stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load(run_dir / "checkpoint.pt")["iteration"] >= 3
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(tmp_path):
+    """SIGKILL (or a power cut) gives no chance to save: the run resumes from the last periodic
+    checkpoint, and TensorBoard hides what the killed process logged after it."""
+    num_iterations = 40
+    flags = [*toy_env("ConstantReward", "ppo_continuous.py"), *ALIGNED, "--checkpoint-every", "3"]
+    flags += ["--total-timesteps", str(num_iterations * BATCH)]
+    process = python(tmp_path, str(ROOT / "ppo_continuous.py"), *flags)
+    wait_for_progress_lines(process, 5)
+    process.kill()
+    process.wait()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved_iteration = load(run_dir / "checkpoint.pt")["iteration"]
+    assert saved_iteration >= 3 and saved_iteration % 3 == 0
+    assert len(scalars(run_dir)["charts/SPS"]) >= saved_iteration  # the log reaches that far
+
+    resumed = python(tmp_path, str(ROOT / "ppo_continuous.py"), "--resume", str(run_dir))
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr
+    steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
+    assert steps == [BATCH * i for i in range(1, num_iterations + 1)]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_non_finite_observation_stops_the_run_before_an_update_uses_it(tmp_path, script):
+    """Env 1 (seeded 2) returns NaN at its 70th step: in iteration 2, after 1 update."""
+    flags = [*toy_env("NaNObservation", script), *ALIGNED, "--total-timesteps", str(4 * BATCH)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, *flags, "--seed", "1")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    global_step = 2 * NaNObservationEnv.NAN_STEP  # two envs step together
+    assert exit_info.value.code == (
+        f"error: env 1 returned a non-finite observation or reward at global step {global_step}; "
+        f"the last good state is in runs/{run_dir.name}/checkpoint.pt"
+    )
+    checkpoint = load(run_dir / "checkpoint.pt")
+    assert checkpoint["iteration"] == 1
+    assert all(tensor.isfinite().all() for tensor in checkpoint["model"].values())
+    assert len(scalars(run_dir)["losses/policy_loss"]) == 1
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_non_finite_loss_stops_the_run_before_the_optimizer_step(tmp_path, script):
+    """Rewards of 1e38 are finite, but their discounted sums overflow float32."""
+    flags = [*toy_env("HugeReward", script), *ALIGNED, "--total-timesteps", str(4 * BATCH)]
+    if script == "ppo_continuous.py":
+        flags.append("--no-norm-reward")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, *flags)
+    assert exit_info.value.code.startswith(
+        f"error: non-finite loss or gradient at global step {BATCH}; the last good state is in runs/"
+    )
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    checkpoint = load(run_dir / "checkpoint.pt")
+    assert checkpoint["iteration"] == 0
+    assert all(tensor.isfinite().all() for tensor in checkpoint["model"].values())
+
+
+class CodeOnLoad:
+    """Unpickling this runs a shell command that creates a file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory) -> dict:
+    """A tiny run of each script with agent.pt and checkpoint.pt: script -> run directory."""
+    workdir = tmp_path_factory.mktemp("saved")
+    return {script: run_in(workdir / script, script, *TINY, "--save-model") for script in SCRIPTS}
+
+
+def write_bad_files(directory, script: str, run_dir) -> dict:
+    """Damaged, foreign and malicious stand-ins for checkpoint.pt: name -> (path, error fragment)."""
+    good = (run_dir / "checkpoint.pt").read_bytes()
+    checkpoint = load(run_dir / "checkpoint.pt")
+    other_script = next(other for other in SCRIPTS if other != script)
+    first_weight = next(iter(checkpoint["model"]))
+    files = {
+        "missing": (b"", "cannot read"),
+        "empty": (b"", "truncated or corrupted"),
+        "truncated": (good[: len(good) // 2], "truncated or corrupted"),
+        "random bytes": (np.random.default_rng(0).bytes(4096), "refused"),
+        "code in a pickle": (pickle.dumps(CodeOnLoad(directory / "pwned")), "refused"),
+        "code in a torch file": ({"model": CodeOnLoad(directory / "pwned")}, "refused"),
+        "foreign dict": ({"model": {}}, f"was not written by {script}"),
+        "the other script's": ({**checkpoint, "script": other_script}, f"not written by {script}"),
+        "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "has no optimizer"),
+        "other spaces": ({**checkpoint, "spaces": ["Box(3,)", "Box(9,)"]}, "is for spaces"),
+        "other network": (
+            {**checkpoint, "model": {**checkpoint["model"], first_weight: torch.zeros(3, 3)}},
+            "does not fit this script's network",
+        ),
+    }
+    paths = {}
+    for name, (content, fragment) in files.items():
+        path = directory / f"{name.replace(' ', '_')}.pt"
+        if isinstance(content, bytes) and name != "missing":
+            path.write_bytes(content)
+        elif isinstance(content, dict):
+            torch.save(content, path)
+        paths[name] = (path, fragment)
+    return paths
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("mode", ["--resume", "--eval-only"])
+def test_bad_checkpoints_are_refused_with_one_line_and_never_run(
+    saved_runs, tmp_path, script, mode
+):
+    for name, (path, fragment) in write_bad_files(tmp_path, script, saved_runs[script]).items():
+        if mode == "--eval-only" and name == "an agent.pt":
+            continue  # eval-only takes an agent.pt
+        with pytest.raises(SystemExit) as exit_info:
+            run_in(tmp_path / "work", script, mode, str(path))
+        message = exit_info.value.code
+        assert isinstance(message, str) and message.startswith("error: "), name
+        assert fragment in message and "\n" not in message, (name, message)
+        assert not (tmp_path / "pwned").exists()
+        assert not (tmp_path / "work" / "runs").exists()
+
+
+def test_bad_checkpoint_as_a_user_sees_it(tmp_path):
+    """In a real process: one line on stderr, exit 1, and the code in the file never ran."""
+    torch.save({"model": CodeOnLoad(tmp_path / "pwned")}, tmp_path / "checkpoint.pt")
+    process = python(tmp_path, str(ROOT / "ppo_continuous.py"), "--resume", str(tmp_path))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("error: refused") and stderr.count("\n") == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_and_eval_only_refuse_flags_they_would_ignore(saved_runs, tmp_path, script):
+    run_dir = saved_runs[script]
+    for args, fragment in [
+        (["--resume", str(run_dir), "--seed", "7"], "--seed cannot be set with --resume"),
+        (["--eval-only", str(run_dir), "--num-envs", "3"], "--num-envs cannot be set with"),
+        (["--resume", str(run_dir), "--eval-only", str(run_dir)], "--eval-only cannot be set"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_in(tmp_path, script, *args)
+        assert fragment in exit_info.value.code
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_only_repeats_the_evaluation_at_the_end_of_training(
+    run_script, tmp_path, capsys, script
+):
+    norm_obs = ["--norm-obs"] if script == "ppo_continuous.py" else []
+    run_dir = run_script(script, *TINY, *norm_obs, "--save-model")
+    logged_eval = scalars(run_dir)["eval/episodic_return"][0]
+    eval_flags = ["--eval-episodes", "2", "--capture-gif"]  # TINY's 2 episodes, and a GIF
+    for saved in (run_dir / "agent.pt", run_dir / "checkpoint.pt", run_dir):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_in(tmp_path / "eval", script, "--eval-only", str(saved), *eval_flags)
+        assert exit_info.value.code == 0
+        mean = float(re.search(r"eval: mean return (\S+) ±", capsys.readouterr().out)[1])
+        assert mean == pytest.approx(logged_eval, abs=0.051)  # printed with one decimal
+    assert (tmp_path / "eval" / "gifs" / f"{DEFAULT_ENV[script]}.gif").exists()
+    assert not (tmp_path / "eval" / "runs").exists()
