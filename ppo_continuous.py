@@ -8,6 +8,7 @@ design document, ppo_design.md (the README maps each section to the code).
 """
 
 import copy
+import math
 import os
 import pickle
 import random
@@ -25,7 +26,6 @@ import torch
 import tyro
 from PIL import Image
 from torch import nn
-from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = os.path.basename(__file__)
@@ -88,6 +88,9 @@ class Args:
     """if toggled, write one deterministic evaluation episode to `gifs/{env_id}.gif`"""
     eval_episodes: int = 10
     """the number of deterministic evaluation episodes after training"""
+    eval_every: int = 0
+    """also evaluate every N iterations during training (0: only after it), logged at that step as
+    `eval/episodic_return` (the benchmark's learning curves)"""
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every N iterations (0: only when training ends, however
     it ends: done, Ctrl-C / SIGTERM, or an error)"""
@@ -102,6 +105,7 @@ class Args:
 # Normalized observations and rewards are clipped to ±NORM_CLIP, as in SB3's VecNormalize.
 NORM_CLIP = 10.0
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # the Normal density's log normalizer, per dimension
 # agent.pt holds what evaluation needs; checkpoint.pt adds what training needs to continue.
 AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
 CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "return_rms", "iteration", "global_step", "rng")
@@ -155,25 +159,33 @@ class Agent(nn.Module):
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x)  # (batch, 1)
 
-    def get_distribution(self, x: torch.Tensor) -> Normal:
+    def get_mean_and_logstd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """§8.3 the Normal policy's mean and log-std, (batch, action_dim) each."""
         if self.actor_logstd is None:
             action_mean, action_logstd = self.actor(x).chunk(2, dim=-1)
         else:
             action_mean = self.actor(x)
             action_logstd = self.actor_logstd.expand_as(action_mean)
-        return Normal(action_mean, action_logstd.exp())  # (batch, action_dim)
+        return action_mean, action_logstd
 
     def get_deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
-        return self.get_distribution(x).mean  # (batch, action_dim)
+        return self.get_mean_and_logstd(x)[0]  # the mean, (batch, action_dim)
 
     def get_action_and_value(
         self, x: torch.Tensor, action: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = self.get_distribution(x)
+        """§8.3 samples an action (or takes the given one); returns it with its log-prob, the
+        policy's entropy and the value, (batch,) each but the action. The Normal's formulas are
+        written out: a torch.distributions.Normal object costs more to build than the math."""
+        action_mean, action_logstd = self.get_mean_and_logstd(x)
+        action_std = action_logstd.exp()
         if action is None:
-            action = probs.sample()
-        # §8.3 the action dimensions are independent: log-probs and entropies sum over them.
-        log_prob, entropy = probs.log_prob(action).sum(-1), probs.entropy().sum(-1)  # (batch,)
+            action = action_mean + action_std * torch.randn_like(action_mean)
+        # log N(a; μ, σ) = -(a - μ)² / 2σ² - log σ - log √(2π), and H = 1/2 + log σ + log √(2π),
+        # summed over the action dimensions, which are independent.
+        z = (action - action_mean) / action_std
+        log_prob = (-0.5 * z**2 - action_logstd - LOG_SQRT_2PI).sum(-1)  # (batch,)
+        entropy = (0.5 + action_logstd + LOG_SQRT_2PI).sum(-1)  # (batch,)
         return action, log_prob, entropy, self.critic(x)
 
 
@@ -320,10 +332,10 @@ def args_error(args: Args) -> str | None:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
     if args.target_kl is not None and args.target_kl <= 0:
         return f"--target-kl must be positive, got {args.target_kl}"
-    if args.eval_episodes < 0:
-        return f"--eval-episodes must be non-negative, got {args.eval_episodes}"
-    if args.checkpoint_every < 0:
-        return f"--checkpoint-every must be non-negative, got {args.checkpoint_every}"
+    for name in ("eval_episodes", "eval_every", "checkpoint_every"):
+        value = getattr(args, name)
+        if value < 0:
+            return f"--{name.replace('_', '-')} must be non-negative, got {value}"
     if args.capture_gif and args.eval_episodes == 0:
         return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
     batch_size = args.num_envs * args.num_steps
@@ -517,7 +529,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     agent = Agent(envs, args.state_dependent_std).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # §8.4
+    # §8.4 Adam; fused=True runs its update of all parameters as one kernel, much faster here.
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     obs_rms = RunningMeanStd(observation_space.shape) if args.norm_obs else None
     return_rms = RunningMeanStd() if args.norm_reward else None
     if saved is not None:
@@ -592,6 +605,7 @@ if __name__ == "__main__":
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
             # §9.1 phase 1: rollout collection
+            rollout_start = time.time()
             for step in range(args.num_steps):
                 global_step += args.num_envs
                 obs[step] = next_obs
@@ -620,9 +634,9 @@ if __name__ == "__main__":
                         reward / np.sqrt(return_rms.var + EPSILON), -NORM_CLIP, NORM_CLIP
                     )
                     discounted_return[terminated | truncated] = 0.0
-                rewards[step] = torch.tensor(reward, device=device)
-                terminations[step] = torch.tensor(terminated, device=device)
-                truncations[step] = torch.tensor(truncated, device=device)
+                rewards[step] = torch.as_tensor(reward, device=device)
+                terminations[step] = torch.as_tensor(terminated, device=device)
+                truncations[step] = torch.as_tensor(truncated, device=device)
                 next_obs = torch.tensor(
                     normalize_obs(next_obs_raw, obs_rms), dtype=torch.float32, device=device
                 )
@@ -651,6 +665,9 @@ if __name__ == "__main__":
             if stop_signal is not None:
                 break
 
+            # env steps per second while collecting: the env's cost plus the policy's
+            rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
+
             # §9.1 phase 2: advantages and returns
             with torch.inference_mode():
                 next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
@@ -672,7 +689,7 @@ if __name__ == "__main__":
             b_values = values.reshape(-1)
 
             # §9.1 phase 3: update_epochs passes over shuffled minibatches
-            stats = defaultdict(list)  # each minibatch's figures, averaged for the log
+            stats = defaultdict(list)  # each minibatch's figures (tensors), averaged for the log
             kl_exceeded = False
             for epoch in range(args.update_epochs):
                 b_inds = np.random.permutation(batch_size)
@@ -711,7 +728,7 @@ if __name__ == "__main__":
                         "clipfrac": clipfrac,
                     }
                     for key, value in minibatch_stats.items():
-                        stats[key].append(value.item())
+                        stats[key].append(value.detach())
                     if args.target_kl is not None and approx_kl > args.target_kl:
                         kl_exceeded = True  # stop before this minibatch moves the policy further
                         break
@@ -735,9 +752,10 @@ if __name__ == "__main__":
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             for key, history in stats.items():
-                writer.add_scalar(f"losses/{key}", np.mean(history), global_step)
+                writer.add_scalar(f"losses/{key}", torch.stack(history).mean().item(), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/rollout_SPS", rollout_sps, global_step)
             mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             eta = (args.total_timesteps - global_step) / max(sps, 1)
             print(
@@ -745,6 +763,16 @@ if __name__ == "__main__":
                 f"| SPS {sps} | ETA {eta:.0f}s",
                 flush=True,
             )
+            # (the evaluation after training covers the last iteration)
+            if (
+                args.eval_every > 0
+                and iteration % args.eval_every == 0
+                and iteration < num_iterations
+            ):
+                eval_returns = evaluate(
+                    agent, args.env_id, args.eval_episodes, eval_seed, device, obs_rms
+                )
+                writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
             checkpoint = training_state(
                 run, agent, optimizer, obs_rms, return_rms, iteration, global_step
             )

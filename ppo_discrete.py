@@ -25,7 +25,6 @@ import torch
 import tyro
 from PIL import Image
 from torch import nn
-from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = os.path.basename(__file__)
@@ -81,6 +80,9 @@ class Args:
     """if toggled, write one deterministic evaluation episode to `gifs/{env_id}.gif`"""
     eval_episodes: int = 10
     """the number of deterministic evaluation episodes after training"""
+    eval_every: int = 0
+    """also evaluate every N iterations during training (0: only after it), logged at that step as
+    `eval/episodic_return` (the benchmark's learning curves)"""
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every N iterations (0: only when training ends, however
     it ends: done, Ctrl-C / SIGTERM, or an error)"""
@@ -139,19 +141,20 @@ class Agent(nn.Module):
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x)  # (batch, 1)
 
-    def get_distribution(self, x: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.actor(x))  # (batch,) over num_actions
-
     def get_deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
         return self.actor(x).argmax(dim=-1)  # (batch,)
 
     def get_action_and_value(
         self, x: torch.Tensor, action: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = self.get_distribution(x)
+        """§8.3 samples an action (or takes the given one); returns it with its log-prob, the
+        policy's entropy and the value, (batch,) each. The Categorical's formulas are written
+        out: a torch.distributions.Categorical object costs more to build than the math."""
+        log_probs = torch.log_softmax(self.actor(x), dim=-1)  # (batch, num_actions)
         if action is None:
-            action = probs.sample()
-        log_prob, entropy = probs.log_prob(action), probs.entropy()  # (batch,)
+            action = torch.multinomial(log_probs.exp(), num_samples=1).squeeze(-1)
+        log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)  # (batch,)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)  # (batch,) H = -Σ_a π(a) log π(a)
         return action, log_prob, entropy, self.critic(x)
 
 
@@ -258,10 +261,10 @@ def args_error(args: Args) -> str | None:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
     if args.target_kl is not None and args.target_kl <= 0:
         return f"--target-kl must be positive, got {args.target_kl}"
-    if args.eval_episodes < 0:
-        return f"--eval-episodes must be non-negative, got {args.eval_episodes}"
-    if args.checkpoint_every < 0:
-        return f"--checkpoint-every must be non-negative, got {args.checkpoint_every}"
+    for name in ("eval_episodes", "eval_every", "checkpoint_every"):
+        value = getattr(args, name)
+        if value < 0:
+            return f"--{name.replace('_', '-')} must be non-negative, got {value}"
     if args.capture_gif and args.eval_episodes == 0:
         return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
     batch_size = args.num_envs * args.num_steps
@@ -452,7 +455,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     agent = Agent(envs).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # §8.4
+    # §8.4 Adam; fused=True runs its update of all parameters as one kernel, much faster here.
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     if saved is not None:
         try:
             agent.load_state_dict(saved["model"])
@@ -514,6 +518,7 @@ if __name__ == "__main__":
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
             # §9.1 phase 1: rollout collection
+            rollout_start = time.time()
             for step in range(args.num_steps):
                 global_step += args.num_envs
                 obs[step] = next_obs
@@ -529,9 +534,9 @@ if __name__ == "__main__":
                         f"error: env {bad_env} returned a non-finite observation or reward at "
                         f"global step {global_step}; the last good state is in {checkpoint_path}"
                     )
-                rewards[step] = torch.tensor(reward, device=device)
-                terminations[step] = torch.tensor(terminated, device=device)
-                truncations[step] = torch.tensor(truncated, device=device)
+                rewards[step] = torch.as_tensor(reward, device=device)
+                terminations[step] = torch.as_tensor(terminated, device=device)
+                truncations[step] = torch.as_tensor(truncated, device=device)
                 next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
 
                 # A time limit cut these episodes; the MDP did not end them. Bootstrap from the
@@ -556,6 +561,9 @@ if __name__ == "__main__":
             if stop_signal is not None:
                 break
 
+            # env steps per second while collecting: the env's cost plus the policy's
+            rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
+
             # §9.1 phase 2: advantages and returns
             with torch.inference_mode():
                 next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
@@ -577,7 +585,7 @@ if __name__ == "__main__":
             b_values = values.reshape(-1)
 
             # §9.1 phase 3: update_epochs passes over shuffled minibatches
-            stats = defaultdict(list)  # each minibatch's figures, averaged for the log
+            stats = defaultdict(list)  # each minibatch's figures (tensors), averaged for the log
             kl_exceeded = False
             for epoch in range(args.update_epochs):
                 b_inds = np.random.permutation(batch_size)
@@ -616,7 +624,7 @@ if __name__ == "__main__":
                         "clipfrac": clipfrac,
                     }
                     for key, value in minibatch_stats.items():
-                        stats[key].append(value.item())
+                        stats[key].append(value.detach())
                     if args.target_kl is not None and approx_kl > args.target_kl:
                         kl_exceeded = True  # stop before this minibatch moves the policy further
                         break
@@ -640,9 +648,10 @@ if __name__ == "__main__":
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             for key, history in stats.items():
-                writer.add_scalar(f"losses/{key}", np.mean(history), global_step)
+                writer.add_scalar(f"losses/{key}", torch.stack(history).mean().item(), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/rollout_SPS", rollout_sps, global_step)
             mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             eta = (args.total_timesteps - global_step) / max(sps, 1)
             print(
@@ -650,6 +659,14 @@ if __name__ == "__main__":
                 f"| SPS {sps} | ETA {eta:.0f}s",
                 flush=True,
             )
+            # (the evaluation after training covers the last iteration)
+            if (
+                args.eval_every > 0
+                and iteration % args.eval_every == 0
+                and iteration < num_iterations
+            ):
+                eval_returns = evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device)
+                writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
             checkpoint = training_state(run, agent, optimizer, iteration, global_step)
             if args.checkpoint_every > 0 and iteration % args.checkpoint_every == 0:
                 save_atomically(checkpoint, checkpoint_path)

@@ -25,6 +25,7 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--eval-episodes", "-1"], "--eval-episodes must be non-negative"),
     (["--eval-episodes", "0", "--capture-gif"], "--capture-gif records an evaluation episode"),
     (["--checkpoint-every", "-1"], "--checkpoint-every must be non-negative"),
+    (["--eval-every", "-2"], "--eval-every must be non-negative"),
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "is not divisible by"),
     (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "at least 2 samples"),
     (["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "100"], "below one batch"),

@@ -1,9 +1,15 @@
 """The math of both scripts against independent, brute-force references (§3, §4, §5, §8)."""
 
+from types import SimpleNamespace
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from conftest import SCRIPTS, import_script
+from torch.distributions import Categorical, Normal
+
+BOX_4 = gym.spaces.Box(-1.0, 1.0, (4,))  # an observation space for the policy tests
 
 MODULES = [import_script(script) for script in SCRIPTS]
 
@@ -190,3 +196,56 @@ def test_normalize_obs_standardizes_and_clips():
     expected = np.array([[1.0, -2.0], [0.0, NORM_CLIP]])
     np.testing.assert_allclose(normalize_obs(obs, rms), expected, atol=1e-6)
     assert normalize_obs(obs, None) is obs
+
+
+def agent_for(module, observation_space, action_space, **agent_kwargs) -> torch.nn.Module:
+    """A fresh Agent for these spaces (the Agent reads only the vector env's single_*_space)."""
+    envs = SimpleNamespace(
+        single_observation_space=observation_space, single_action_space=action_space
+    )
+    return module.Agent(envs, **agent_kwargs)
+
+
+@pytest.mark.parametrize("state_dependent_std", [False, True])
+def test_normal_policy_matches_torch_distributions(state_dependent_std):
+    """§8.3 the written-out Normal log-density and entropy, summed over 3 action dimensions, and
+    its samples, against torch.distributions.Normal."""
+    torch.manual_seed(0)
+    agent = agent_for(
+        MODULES[0], BOX_4, gym.spaces.Box(-1, 1, (3,)), state_dependent_std=state_dependent_std
+    )
+    with torch.no_grad():  # means and stds far from 0 and 1, and different in each dimension
+        agent.actor[-1].bias.uniform_(-1, 1)
+        if not state_dependent_std:
+            agent.actor_logstd.uniform_(-1, 1)
+    obs, actions = torch.randn(50, 4), torch.randn(50, 3) * 2
+    _, log_prob, entropy, value = agent.get_action_and_value(obs, actions)
+    mean, log_std = agent.get_mean_and_logstd(obs)
+    reference = Normal(mean, log_std.exp())
+    torch.testing.assert_close(log_prob, reference.log_prob(actions).sum(-1))
+    torch.testing.assert_close(entropy, reference.entropy().sum(-1))
+    torch.testing.assert_close(value, agent.critic(obs))
+
+    # Many samples for one observation: their mean and std are the policy's.
+    samples, *_ = agent.get_action_and_value(obs[:1].expand(40_000, 4))
+    std = log_std[0].exp()
+    torch.testing.assert_close(samples.mean(0), mean[0], atol=0.03 * std.max().item(), rtol=0)
+    torch.testing.assert_close(samples.std(0), std, rtol=0.03, atol=0)
+
+
+def test_categorical_policy_matches_torch_distributions():
+    """§8.3 the written-out Categorical log-prob and entropy, and its samples."""
+    torch.manual_seed(0)
+    agent = agent_for(MODULES[1], BOX_4, gym.spaces.Discrete(5))
+    with torch.no_grad():  # probabilities far from uniform
+        agent.actor[-1].bias.copy_(torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5]))
+    obs, actions = torch.randn(50, 4), torch.randint(0, 5, (50,)).float()
+    _, log_prob, entropy, value = agent.get_action_and_value(obs, actions)
+    reference = Categorical(logits=agent.actor(obs))
+    torch.testing.assert_close(log_prob, reference.log_prob(actions))
+    torch.testing.assert_close(entropy, reference.entropy())
+    torch.testing.assert_close(value, agent.critic(obs))
+
+    samples, *_ = agent.get_action_and_value(obs[:1].expand(40_000, 4))
+    frequencies = torch.bincount(samples, minlength=5) / 40_000
+    torch.testing.assert_close(frequencies, reference.probs[0], atol=0.01, rtol=0)

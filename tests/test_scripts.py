@@ -92,7 +92,7 @@ def test_state_dependent_std_trains_and_reloads(run_script):
     checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
     assert checkpoint["args"]["state_dependent_std"]
     agent = load_agent("ppo_continuous.py", "Pendulum-v1", checkpoint, state_dependent_std=True)
-    std = agent.get_distribution(torch.randn(5, 3)).stddev  # (5, 1), one per observation
+    std = agent.get_mean_and_logstd(torch.randn(5, 3))[1].exp()  # (5, 1), one per observation
     assert std.shape == (5, 1) and std.unique().numel() == 5
 
 
