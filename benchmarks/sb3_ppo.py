@@ -1,0 +1,142 @@
+"""Stable-Baselines3 PPO with exactly the hyperparameters of one of our scripts, for comparison.
+
+    python benchmarks/sb3_ppo.py --script ppo_continuous.py --total-timesteps 50000
+
+The hyperparameters are not restated here: they are read from the script's own `Args` defaults
+(and the few flags below), so the two implementations cannot drift apart. The network is SB3's
+default MlpPolicy, which is ours: separate 64-64 tanh actor and critic, orthogonal init, log-std
+starting at 0; no gSDE. Evaluation follows the scripts' `evaluate` exactly (same seeds, same
+deterministic episodes) and is printed in the same format, and --curve writes one JSON line per
+evaluation: {"step": ..., "return": ...}.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
+
+
+def evaluate_sb3(model: PPO, script, args, episodes: int) -> list[float]:
+    """The script's `evaluate`, driving SB3's policy: the same fresh env and seeds."""
+    env = model.get_env()
+    agent = SB3Agent(model, env if isinstance(env, VecNormalize) else None)
+    eval_seed = args.seed + args.num_envs
+    evaluate_args = (agent, args.env_id, episodes, eval_seed, torch.device("cpu"))
+    if script.__name__ == "ppo_continuous":
+        evaluate_args += (None,)  # SB3Agent normalizes observations itself, with SB3's statistics
+    return script.evaluate(*evaluate_args)
+
+
+class SB3Agent:
+    """Looks like the scripts' Agent to their `evaluate`: the deterministic action of SB3's policy."""
+
+    def __init__(self, model: PPO, vec_normalize: VecNormalize | None) -> None:
+        self.model, self.vec_normalize = model, vec_normalize
+
+    def get_deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = obs.numpy()
+        if self.vec_normalize is not None:
+            obs = self.vec_normalize.normalize_obs(obs)
+        action, _ = self.model.predict(obs, deterministic=True)
+        return torch.as_tensor(action)
+
+
+class EvaluateEvery(BaseCallback):
+    """Evaluates every `every` rollouts (iterations), as the scripts' --eval-every does."""
+
+    def __init__(self, script, args, every: int, curve: list) -> None:
+        super().__init__()
+        self.script, self.args, self.every, self.curve = script, args, every, curve
+        self.rollouts = 0
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        # The scripts evaluate after an iteration's update; SB3 updates after _on_rollout_end, so
+        # the evaluation after update k runs when rollout k + 1 starts.
+        if self.rollouts > 0 and self.rollouts % self.every == 0:
+            returns = evaluate_sb3(self.model, self.script, self.args, self.args.eval_episodes)
+            self.curve.append({"step": self.num_timesteps, "return": float(np.mean(returns))})
+        self.rollouts += 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--script", required=True, choices=["ppo_continuous.py", "ppo_discrete.py"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--total-timesteps", type=int, default=None)
+    parser.add_argument("--eval-episodes", type=int, default=None)
+    parser.add_argument("--eval-every", type=int, default=0, help="iterations, as in the scripts")
+    parser.add_argument("--curve", help="a JSON-lines file for the evaluations")
+    cli = parser.parse_args()
+
+    script = importlib.import_module(cli.script.removesuffix(".py"))
+    args = script.Args(seed=cli.seed)
+    for name in ("total_timesteps", "eval_episodes"):
+        if getattr(cli, name) is not None:
+            setattr(args, name, getattr(cli, name))
+    torch.set_num_threads(1)  # as the scripts do: equal CPU use
+
+    env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed)
+    if script.__name__ == "ppo_continuous":
+        env = VecNormalize(
+            env,
+            norm_obs=args.norm_obs,
+            norm_reward=args.norm_reward,
+            clip_obs=script.NORM_CLIP,
+            clip_reward=script.NORM_CLIP,
+            gamma=args.gamma,
+        )
+    lr = args.learning_rate
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=(lambda remaining: remaining * lr) if args.anneal_lr else lr,
+        n_steps=args.num_steps,
+        batch_size=args.num_envs * args.num_steps // args.num_minibatches,  # the minibatch
+        n_epochs=args.update_epochs,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        clip_range=args.clip_coef,
+        clip_range_vf=args.clip_coef if args.clip_vloss else None,
+        normalize_advantage=args.norm_adv,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        max_grad_norm=args.max_grad_norm,
+        target_kl=args.target_kl,
+        policy_kwargs={
+            "net_arch": {"pi": [64, 64], "vf": [64, 64]},
+            "activation_fn": nn.Tanh,
+            "ortho_init": True,
+            "log_std_init": 0.0,
+        },
+        seed=args.seed,
+        device="cpu",
+    )
+    curve = []
+    callback = EvaluateEvery(script, args, cli.eval_every, curve) if cli.eval_every else None
+    # The scripts run total_timesteps // batch whole iterations; SB3 would round up.
+    batch_size = args.num_envs * args.num_steps
+    total_timesteps = args.total_timesteps // batch_size * batch_size
+    model.learn(total_timesteps=total_timesteps, callback=callback)
+    if args.eval_episodes > 0:
+        returns = evaluate_sb3(model, script, args, args.eval_episodes)
+        curve.append({"step": model.num_timesteps, "return": float(np.mean(returns))})
+    if cli.curve:
+        Path(cli.curve).write_text("".join(json.dumps(point) + "\n" for point in curve))
+
+
+if __name__ == "__main__":
+    main()
