@@ -18,6 +18,7 @@ import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -46,6 +47,10 @@ class Args:
     """total environment steps of the experiment, summed over all environments"""
     learning_rate: float = 1e-3
     """the learning rate of the optimizer (§8.4)"""
+    vector_mode: Literal["sync", "async"] = "sync"
+    """sync steps the envs one after another in this process; async steps each in a process of
+    its own, which pays off only when an env step costs far more than passing its data between
+    processes (see the README)"""
     num_envs: int = 8
     """the number of parallel environments (§7)"""
     num_steps: int = 32
@@ -431,8 +436,12 @@ if __name__ == "__main__":
 
     # §7 vector envs. SAME_STEP autoreset: a step that ends an episode returns the next episode's
     # first observation, and the true last one in infos["final_obs"]; no step spans two episodes.
+    # Both vector env classes work the same way.
+    vector_env = (
+        gym.vector.AsyncVectorEnv if args.vector_mode == "async" else gym.vector.SyncVectorEnv
+    )
     try:
-        envs = gym.vector.SyncVectorEnv(
+        envs = vector_env(
             [make_env(args.env_id) for _ in range(args.num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )

@@ -105,12 +105,17 @@ def test_same_seed_gives_identical_returns(run_script, script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_learned_value_of_a_time_limited_env_is_the_infinite_horizon_value(run_script, script):
+@pytest.mark.parametrize("vector_mode", ["sync", "async"])
+def test_learned_value_of_a_time_limited_env_is_the_infinite_horizon_value(
+    run_script, script, vector_mode
+):
     """Reward 1 each step, one constant observation, episodes cut only by a TimeLimit: the true
     value is 1 / (1 - γ) = 20. Treating the time limit as termination would teach a value near 12
-    (the average over the episode of the return left before the cut)."""
+    (the average over the episode of the return left before the cut). Envs stepped in their own
+    processes (async) must hand over final observations just as in-process ones (sync) do."""
     env_id = f"toy_envs:{TOY_ENV[script]}"  # gymnasium's module:EnvId form imports toy_envs
     flags = ["--gamma", "0.95", "--total-timesteps", "20000", "--eval-episodes", "0"]
+    flags += ["--vector-mode", vector_mode]
     if script == "ppo_continuous.py":
         flags.append("--no-norm-reward")  # learn V on the raw reward scale
     run_dir = run_script(script, "--env-id", env_id, *flags, "--save-model")
