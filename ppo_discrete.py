@@ -45,7 +45,7 @@ class Args:
     """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
     total_timesteps: int = 100_000
     """total environment steps of the experiment, summed over all environments"""
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """the learning rate of the optimizer (§8.4)"""
     vector_mode: Literal["sync", "async"] = "sync"
     """sync steps the envs one after another in this process; async steps each in a process of
