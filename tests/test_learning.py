@@ -5,9 +5,7 @@ from conftest import scalars
 
 
 def test_cartpole_defaults_learn_to_balance(run_script):
-    run_dir = run_script(
-        "ppo_discrete.py", "--env-id", "CartPole-v1", "--total-timesteps", "100000"
-    )
+    run_dir = run_script("ppo_discrete.py", "--env-id", "CartPole-v1", "--total-timesteps", "30000")
     assert scalars(run_dir)["eval/episodic_return"][0] >= 475
 
 

@@ -125,3 +125,14 @@ def test_learned_value_of_a_time_limited_env_is_the_infinite_horizon_value(
     # The observation is always zeros, so its running mean is zero and it normalizes to zeros.
     value = agent.get_value(torch.zeros(1, 2)).item()
     assert value == pytest.approx(1 / (1 - 0.95), rel=0.10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_cuda_run_logs_and_saves_an_agent_that_loads_on_the_cpu(run_script, script):
+    norm_obs = ["--norm-obs"] if script == "ppo_continuous.py" else []
+    run_dir = run_script(script, *TINY, *norm_obs, "--cuda", "--save-model")
+    assert REQUIRED_TAGS <= scalars(run_dir).keys()
+    checkpoint = torch.load(run_dir / "agent.pt", map_location="cpu", weights_only=True)
+    agent = load_agent(script, DEFAULT_ENV[script], checkpoint)
+    assert all(parameter.device.type == "cpu" for parameter in agent.parameters())
