@@ -378,18 +378,17 @@ def saved_run_args(args: Args, saved_args: dict) -> Args:
     """The saved run's arguments, with --resume, or --eval-only and its own flags, from the command
     line. Raises ValueError if the command line sets any other flag: it would be ignored."""
     own_flags = ("resume",) if args.resume is not None else EVAL_ONLY_FLAGS
+    mode = "--resume" if args.resume is not None else "--eval-only"
     defaults = Args()
     for field in fields(Args):
-        if field.name not in own_flags and getattr(args, field.name) != getattr(
-            defaults, field.name
-        ):
-            mode = "--resume" if args.resume is not None else "--eval-only"
+        changed = getattr(args, field.name) != getattr(defaults, field.name)
+        if changed and field.name not in own_flags:
             flag = f"--{field.name.replace('_', '-')}"
             raise ValueError(f"{flag} cannot be set with {mode}: the saved run's arguments apply")
     try:
         saved = Args(**saved_args)
     except TypeError:
-        raise ValueError(f"the saved arguments are not those of this {SCRIPT}") from None
+        raise ValueError(f"its saved arguments do not fit this {SCRIPT}") from None
     # A resumed run saves its --resume path too: only this command line's own flags apply.
     saved = replace(saved, resume=None, eval_only=None)
     return replace(saved, **{name: getattr(args, name) for name in own_flags})
@@ -430,6 +429,7 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
+    """Restores what rng_states() returned."""
     numpy_state = copy.deepcopy(states["numpy"])
     numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy().astype(np.uint32)
     random.setstate(states["python"])
@@ -571,7 +571,7 @@ if __name__ == "__main__":
         start_iteration, global_step = 0, 0
     # purge_step hides the points an interrupted process logged after its last checkpoint, so
     # that a resumed run logs each step once.
-    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if args.resume else None)
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if args.resume is not None else None)
     if args.resume is None:
         hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
