@@ -23,6 +23,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import tyro
 from PIL import Image
 from torch import nn
@@ -52,7 +53,8 @@ class Args:
     its own, which pays off only when an env step costs far more than passing its data between
     processes (see the README)"""
     num_envs: int = 8
-    """the number of parallel environments (§7)"""
+    """the number of parallel environments (§7), in all: under torchrun each of K processes runs
+    num_envs / K of them, so the batch and every hyperparameter mean the same at any K"""
     num_steps: int = 32
     """the number of steps to run in each environment per policy rollout (§7.2 T)"""
     anneal_lr: bool = True
@@ -253,8 +255,9 @@ def evaluate(
     return episodic_returns
 
 
-def args_error(args: Args) -> str | None:
-    """The first reason the sizes and hyperparameters cannot make a run, or None."""
+def args_error(args: Args, world_size: int = 1) -> str | None:
+    """The first reason the sizes and hyperparameters cannot make a run on world_size processes
+    (torchrun's), or None."""
     sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
     for name in (*sizes, "learning_rate", "clip_coef"):
         value = getattr(args, name)
@@ -272,12 +275,19 @@ def args_error(args: Args) -> str | None:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
     if args.capture_gif and args.eval_episodes == 0:
         return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
-    batch_size = args.num_envs * args.num_steps
-    if batch_size % args.num_minibatches != 0:
+    if args.num_envs % world_size != 0:
+        return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
+    if args.eval_only is not None and world_size > 1:
+        return "--eval-only runs in one process: start it with python, not torchrun"
+    # Each process splits its share of the batch into num_minibatches parts.
+    share = "" if world_size == 1 else f" / {world_size} processes"
+    process_batch_size = args.num_envs // world_size * args.num_steps
+    if process_batch_size % args.num_minibatches != 0:
         return (
-            f"num_envs * num_steps = {batch_size} is not divisible by "
+            f"num_envs{share} * num_steps = {process_batch_size} is not divisible by "
             f"--num-minibatches {args.num_minibatches}"
         )
+    batch_size = args.num_envs * args.num_steps
     if args.norm_adv and batch_size // args.num_minibatches < 2:
         return "--norm-adv needs minibatches of at least 2 samples: lower --num-minibatches"
     if args.total_timesteps < batch_size:
@@ -402,13 +412,46 @@ def first_nonfinite_env(observations: np.ndarray, rewards: np.ndarray) -> int | 
     return None if finite.all() else int(np.argmin(finite))
 
 
+# torchrun runs this script in K processes (ranks 0..K-1), each with num_envs / K envs. These
+# helpers are what they share; each must be called by every rank at the same point, since a
+# collective waits for all of them. In a single process they return their input.
+
+
+def gather_ranks(x: torch.Tensor) -> torch.Tensor:
+    """x of every rank, concatenated along dim 0 in rank order: (K * len(x), ...)."""
+    if not dist.is_initialized():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of x over the ranks, elementwise."""
+    if not dist.is_initialized():
+        return x
+    total = x.clone()
+    dist.all_reduce(total)  # the sum (gloo has no average)
+    return total / dist.get_world_size()
+
+
+def stop_on_any_rank(signum: int | None) -> int | None:
+    """The signal that any rank received, or None: all ranks stop after the same iteration, since
+    one that stopped alone would leave the others waiting forever in their next collective."""
+    if not dist.is_initialized():
+        return signum
+    agreed = torch.tensor(signum or 0)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return int(agreed) or None
+
+
 stop_signal: int | None = None  # set by the first SIGINT or SIGTERM during training
 
 
 def request_stop(signum: int, frame: object) -> None:
-    """Training stops after the current env step and saves its last iteration boundary. The default
-    handlers come back, so a second signal ends the process at once; the checkpoint on disk stays
-    whole, since it is only ever replaced atomically."""
+    """Training stops at the end of the current iteration and saves it. The default handlers come
+    back, so a second signal ends the process at once; the checkpoint on disk stays whole, since it
+    is only ever replaced atomically."""
     global stop_signal  # a signal handler reaches the training loop only through a global
     stop_signal = signum
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -417,6 +460,8 @@ def request_stop(signum: int, frame: object) -> None:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     # --resume and --eval-only read a saved run, whose arguments replace the command line's.
     saved, saved_path = None, args.resume or args.eval_only
     if saved_path is not None:
@@ -428,11 +473,13 @@ if __name__ == "__main__":
             args = saved_run_args(args, saved["args"])
         except ValueError as e:
             sys.exit(f"error: {e}")
-    if (error := args_error(args)) is not None:
+    if (error := args_error(args, world_size)) is not None:
         sys.exit(f"error: {error}")
-    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
+    # This process's envs and its share of each batch and minibatch (all of them in one process).
+    num_envs = args.num_envs // world_size
+    batch_size = num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    num_iterations = args.total_timesteps // batch_size
 
     # §7 vector envs. SAME_STEP autoreset: a step that ends an episode returns the next episode's
     # first observation, and the true last one in infos["final_obs"]; no step spans two episodes.
@@ -442,7 +489,7 @@ if __name__ == "__main__":
     )
     try:
         envs = vector_env(
-            [make_env(args.env_id) for _ in range(args.num_envs)],
+            [make_env(args.env_id) for _ in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
         )
     except (gym.error.Error, ImportError) as e:
@@ -454,14 +501,22 @@ if __name__ == "__main__":
     if saved is not None and saved["spaces"] != spaces:
         sys.exit(f"error: {saved_path} is for spaces {saved['spaces']}; {args.env_id} has {spaces}")
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    # Rank r seeds with seed + r: its action noise and minibatch order are its own.
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over
     # when another process competes for the cores.
     torch.set_num_threads(1)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    use_cuda = torch.cuda.is_available() and args.cuda
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # this process's GPU on its machine
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size > 1:
+        # gloo carries CPU tensors, nccl CUDA ones; torchrun's variables say where rank 0 is.
+        if use_cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
 
     agent = Agent(envs).to(device)
     # §8.4 Adam; fused=True runs its update of all parameters as one kernel, much faster here.
@@ -471,10 +526,17 @@ if __name__ == "__main__":
             agent.load_state_dict(saved["model"])
             if args.resume is not None:
                 optimizer.load_state_dict(saved["optimizer"])
-                set_rng_states(saved["rng"])
+                if rank == 0:  # the checkpoint holds rank 0's generators; the others seed anew
+                    set_rng_states(saved["rng"])
+                else:
+                    torch.manual_seed(args.seed + rank + saved["global_step"])
+                    np.random.seed(args.seed + rank + saved["global_step"])
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             sys.exit(f"error: {saved_path} does not fit this script's network: {reason}")
+    if world_size > 1:  # every rank starts from rank 0's parameters
+        for param in agent.parameters():
+            dist.broadcast(param.data, src=0)
 
     # Evaluation runs on a fresh env seeded past the training envs' seeds.
     eval_seed = args.seed + args.num_envs
@@ -489,37 +551,45 @@ if __name__ == "__main__":
     else:
         run_dir = f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         start_iteration, global_step = 0, 0
-    # purge_step hides the points an interrupted process logged after its last checkpoint, so
-    # that a resumed run logs each step once.
-    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if args.resume is not None else None)
-    if args.resume is None:
-        hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
+    if world_size > 1:  # rank 0's name (the ranks may start in different seconds)
+        run_dirs = [run_dir]
+        dist.broadcast_object_list(run_dirs, src=0)
+        run_dir = run_dirs[0]
+    if rank == 0:  # rank 0 alone logs, saves and evaluates; the others only train
+        # purge_step hides the points an interrupted process logged after its last checkpoint,
+        # so that a resumed run logs each step once.
+        purge_step = global_step + 1 if args.resume is not None else None
+        writer = SummaryWriter(run_dir, purge_step=purge_step)
+        if args.resume is None:
+            hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+            writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
     checkpoint_path = f"{run_dir}/checkpoint.pt"
     run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces}
 
-    # §7.2 rollout storage, (num_steps, num_envs, ...)
-    obs = torch.zeros((args.num_steps, args.num_envs) + observation_space.shape, device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs) + action_space.shape, device=device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
-    terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
-    truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...)
+    obs = torch.zeros((args.num_steps, num_envs) + observation_space.shape, device=device)
+    actions = torch.zeros((args.num_steps, num_envs) + action_space.shape, device=device)
+    logprobs = torch.zeros((args.num_steps, num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, num_envs), device=device)
+    terminations = torch.zeros((args.num_steps, num_envs), device=device)
+    truncations = torch.zeros((args.num_steps, num_envs), device=device)
+    values = torch.zeros((args.num_steps, num_envs), device=device)
     # V(final_obs) at the steps that truncated an episode (other entries are never read)
-    final_values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    final_values = torch.zeros((args.num_steps, num_envs), device=device)
 
     start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
-    # (num_envs, obs_dim); env i is seeded seed + i + global_step. The envs' states are not in a
-    # checkpoint: a resumed run starts new episodes (global_step > 0 gives them new seeds).
-    next_obs_raw, _ = envs.reset(seed=args.seed + global_step)
+    # (num_envs, obs_dim); env i of all num_envs (rank r has i = r * num_envs ...) is seeded
+    # seed + i + global_step. The envs' states are not in a checkpoint: a resumed run starts new
+    # episodes (global_step > 0 gives them new seeds).
+    next_obs_raw, _ = envs.reset(seed=args.seed + rank * num_envs + global_step)
     next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
 
     # The state at the last iteration boundary, written however training ends.
     checkpoint = training_state(run, agent, optimizer, start_iteration, global_step)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    stopped_by = None  # the signal that stopped training, on any rank
     try:
         for iteration in range(start_iteration + 1, num_iterations + 1):
             if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
@@ -529,7 +599,7 @@ if __name__ == "__main__":
             # §9.1 phase 1: rollout collection
             rollout_start = time.time()
             for step in range(args.num_steps):
-                global_step += args.num_envs
+                global_step += args.num_envs  # all ranks' steps
                 obs[step] = next_obs
                 with torch.inference_mode():
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
@@ -559,18 +629,15 @@ if __name__ == "__main__":
                         final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
 
                 # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
-                if "episode" in infos.get("final_info", {}):
+                # Rank 0 logs its own envs' episodes: a sample of all of them.
+                if rank == 0 and "episode" in infos.get("final_info", {}):
                     episode = infos["final_info"]["episode"]
                     for i in np.flatnonzero(infos["final_info"]["_episode"]):
                         recent_returns.append(float(episode["r"][i]))
                         writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
                         writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
-                if stop_signal is not None:
-                    break  # drop this partial rollout: the checkpoint holds its iteration's start
-            if stop_signal is not None:
-                break
 
-            # env steps per second while collecting: the env's cost plus the policy's
+            # env steps per second while collecting (all ranks'): the env's cost plus the policy's
             rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
 
             # §9.1 phase 2: advantages and returns
@@ -607,9 +674,10 @@ if __name__ == "__main__":
                     ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
 
                     mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (
-                            mb_advantages.std() + EPSILON
+                    if args.norm_adv:  # by the statistics of the whole minibatch, all ranks' parts
+                        all_advantages = gather_ranks(mb_advantages)
+                        mb_advantages = (mb_advantages - all_advantages.mean()) / (
+                            all_advantages.std() + EPSILON
                         )
 
                     pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
@@ -634,12 +702,24 @@ if __name__ == "__main__":
                     }
                     for key, value in minibatch_stats.items():
                         stats[key].append(value.detach())
-                    if args.target_kl is not None and approx_kl > args.target_kl:
+                    # (the ranks' mean: all of them must stop at the same minibatch)
+                    if args.target_kl is not None and mean_over_ranks(approx_kl) > args.target_kl:
                         kl_exceeded = True  # stop before this minibatch moves the policy further
                         break
 
                     optimizer.zero_grad()
                     loss.backward()
+                    if world_size > 1:
+                        # Each rank's loss is the mean over its part of the minibatch, so the
+                        # ranks' mean gradient is the gradient of the whole minibatch's loss. All
+                        # ranks then take the same step and their parameters stay identical.
+                        # One all_reduce of all the gradients, flattened: DDP would do the same
+                        # inside backward(), but only for calls through its wrapper's forward(),
+                        # and it would hide this step of the math.
+                        grads = [param.grad for param in agent.parameters()]
+                        mean_grad = mean_over_ranks(torch.cat([grad.flatten() for grad in grads]))
+                        for grad, mean in zip(grads, mean_grad.split([g.numel() for g in grads])):
+                            grad.copy_(mean.view_as(grad))
                     grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # before the step
                         sys.exit(
@@ -650,52 +730,71 @@ if __name__ == "__main__":
                 if kl_exceeded:
                     break
 
-            # §10 diagnostics; the losses are averaged over every minibatch of this iteration
-            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            for key, history in stats.items():
-                writer.add_scalar(f"losses/{key}", torch.stack(history).mean().item(), global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/rollout_SPS", rollout_sps, global_step)
-            mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            eta = (args.total_timesteps - global_step) / max(sps, 1)
-            print(
-                f"step {global_step}/{args.total_timesteps} | return {mean_return} "
-                f"| SPS {sps} | ETA {eta:.0f}s",
-                flush=True,
-            )
-            # (the evaluation after training covers the last iteration)
-            if (
-                args.eval_every > 0
-                and iteration % args.eval_every == 0
-                and iteration < num_iterations
-            ):
-                eval_returns = evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device)
-                writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
+            # §10 diagnostics; the losses are averaged over every minibatch of this iteration and
+            # over the ranks, the explained variance is rank 0's batch's
+            losses = mean_over_ranks(torch.stack([torch.stack(h).mean() for h in stats.values()]))
+            if rank == 0:
+                y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+                var_y = np.var(y_true)
+                explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                writer.add_scalar(
+                    "charts/learning_rate", optimizer.param_groups[0]["lr"], global_step
+                )
+                for key, value in zip(stats, losses.tolist()):
+                    writer.add_scalar(f"losses/{key}", value, global_step)
+                writer.add_scalar("losses/explained_variance", explained_var, global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/rollout_SPS", rollout_sps, global_step)
+                mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+                eta = (args.total_timesteps - global_step) / max(sps, 1)
+                print(
+                    f"step {global_step}/{args.total_timesteps} | return {mean_return} "
+                    f"| SPS {sps} | ETA {eta:.0f}s",
+                    flush=True,
+                )
+                # (the evaluation after training covers the last iteration)
+                if (
+                    args.eval_every > 0
+                    and iteration % args.eval_every == 0
+                    and iteration < num_iterations
+                ):
+                    eval_returns = evaluate(
+                        agent, args.env_id, args.eval_episodes, eval_seed, device
+                    )
+                    writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
             checkpoint = training_state(run, agent, optimizer, iteration, global_step)
-            if args.checkpoint_every > 0 and iteration % args.checkpoint_every == 0:
+            if rank == 0 and args.checkpoint_every > 0 and iteration % args.checkpoint_every == 0:
                 save_atomically(checkpoint, checkpoint_path)
                 writer.flush()  # the log on disk reaches at least as far as the checkpoint
+            stopped_by = stop_on_any_rank(stop_signal)
+            if stopped_by is not None:
+                break
     finally:  # done, a signal, or an error: keep the last boundary and every logged point
-        save_atomically(checkpoint, checkpoint_path)
-        writer.flush()
+        if rank == 0:
+            save_atomically(checkpoint, checkpoint_path)
+            writer.flush()
     envs.close()
-    if stop_signal is not None:
-        print(
-            f"stopped by {signal.Signals(stop_signal).name} after iteration "
-            f"{checkpoint['iteration']}; resume with: python {sys.argv[0]} --resume {run_dir}"
-        )
-        sys.exit(128 + stop_signal)
+    if world_size > 1:
+        dist.barrier()  # every rank is done with the others (a rank that left early crashed at exit)
+        dist.destroy_process_group()
+    if stopped_by is not None:
+        if rank == 0:
+            launcher = "python" if world_size == 1 else "torchrun [its flags as before]"
+            print(
+                f"stopped by {signal.Signals(stopped_by).name} after iteration "
+                f"{checkpoint['iteration']}; resume with: {launcher} {sys.argv[0]} --resume {run_dir}"
+            )
+        sys.exit(128 + stopped_by)
 
-    if args.save_model:
-        save_atomically({key: checkpoint[key] for key in AGENT_KEYS}, f"{run_dir}/agent.pt")
-        print(f"model saved to {run_dir}/agent.pt")
+    if rank == 0:  # saving and evaluating the agent
+        if args.save_model:
+            save_atomically({key: checkpoint[key] for key in AGENT_KEYS}, f"{run_dir}/agent.pt")
+            print(f"model saved to {run_dir}/agent.pt")
 
-    if args.eval_episodes > 0:
-        eval_returns = evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path)
-        writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
-    writer.close()
+        if args.eval_episodes > 0:
+            eval_returns = evaluate(
+                agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path
+            )
+            writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
+        writer.close()

@@ -77,3 +77,25 @@ def test_help_lists_the_documented_flags(tmp_path, script):
     assert "--target-kl" in result.stdout and "approximate KL" in result.stdout
     if script == "ppo_continuous.py":
         assert "--no-norm-obs" in result.stdout and "--no-norm-reward" in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--num-envs", "3"], "--num-envs 3 is not divisible by the 2 torchrun processes"),
+        (
+            ["--num-envs", "4", "--num-steps", "5", "--num-minibatches", "4"],
+            "num_envs / 2 processes * num_steps = 10 is not divisible by --num-minibatches 4",
+        ),
+    ],
+)
+def test_sizes_that_do_not_split_across_torchrun_processes_are_refused(
+    run_script, tmp_path, monkeypatch, script, args, fragment
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun --nproc_per_node 2 tells rank 0
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(script, *args)
+    assert exit_info.value.code == f"error: {fragment}"
+    assert not list(tmp_path.glob("*/runs"))

@@ -1,0 +1,89 @@
+"""Both scripts under torchrun, 2 CPU processes (gloo): the ranks stay identical, only rank 0
+writes, the run learns, a signal stops every rank at the same iteration and the run resumes."""
+
+import re
+import signal
+
+import pytest
+import torch
+from conftest import ROOT, scalar_events
+from test_long_runs import ALIGNED, BATCH, load, python, toy_env, wait_for_progress_lines
+
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun_with_states(cwd, script: str, *args: str) -> tuple[str, list[dict]]:
+    """Runs `torchrun --standalone --nproc_per_node 2 SCRIPT ARGS...` in cwd; returns its stdout
+    and each rank's final state (tests/torchrun_worker.py)."""
+    worker = str(ROOT / "tests" / "torchrun_worker.py")
+    process = python(cwd, *TORCHRUN, worker, str(ROOT / script), *args)
+    stdout, stderr = process.communicate(timeout=300)  # a rank left waiting would hang here
+    assert process.returncode == 0, stderr
+    return stdout, [load(cwd / f"rank{rank}.pt") for rank in range(2)]
+
+
+def assert_same_state(state0: dict, state1: dict) -> None:
+    assert state0.keys() == state1.keys()
+    for name, tensors in state0.items():
+        for key, tensor in tensors.items():
+            assert torch.equal(tensor, state1[name][key]), (name, key)
+
+
+def test_two_processes_learn_cartpole_in_step_and_only_rank_0_writes(tmp_path):
+    stdout, states = torchrun_with_states(
+        tmp_path, "ppo_discrete.py", "--total-timesteps", "30000", "--save-model"
+    )
+    assert_same_state(*states)
+    # Rank 0 alone logs, saves and evaluates: one run directory, one event file, one evaluation.
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    files = sorted(path.name for path in run_dir.iterdir())
+    assert files[:2] == ["agent.pt", "checkpoint.pt"] and len(files) == 3  # and one event file
+    assert files[2].startswith("events.out.tfevents.")
+    (eval_line,) = [line for line in stdout.splitlines() if line.startswith("eval:")]
+    assert float(eval_line.split()[3]) >= 475
+    # SPS counts both ranks' steps: 8 envs in all, 4 per rank.
+    assert [e.step for e in scalar_events(run_dir)["charts/SPS"]][:2] == [256, 512]
+    saved = load(run_dir / "agent.pt")["model"]
+    assert all(torch.equal(saved[key], states[0]["model"][key]) for key in saved)
+
+
+def test_two_processes_share_normalization_statistics_and_stop_early_together(tmp_path):
+    """With --norm-obs each rank's statistics count both ranks' observations; with a tiny
+    --target-kl the ranks, whose own KL estimates differ, stop each update at the same minibatch
+    (had they not, one would wait forever in the next all_reduce)."""
+    num_envs, num_steps, num_iterations = 4, 64, 3
+    _, states = torchrun_with_states(
+        tmp_path,
+        "ppo_continuous.py",
+        *["--num-envs", str(num_envs), "--num-steps", str(num_steps), "--num-minibatches", "4"],
+        *["--total-timesteps", str(num_envs * num_steps * num_iterations), "--norm-obs"],
+        *["--target-kl", "0.0001", "--eval-episodes", "1"],
+    )
+    assert_same_state(*states)
+    observations = num_envs * (1 + num_steps * num_iterations)  # the first ones, then each step's
+    assert states[0]["obs_rms"]["count"].item() == pytest.approx(observations)
+    assert states[0]["return_rms"]["count"].item() == pytest.approx(
+        num_envs * num_steps * num_iterations
+    )
+
+
+def test_a_signal_stops_every_rank_after_one_iteration_and_the_run_resumes(tmp_path):
+    num_iterations = 60
+    script = str(ROOT / "ppo_discrete.py")
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED]
+    flags += ["--total-timesteps", str(num_iterations * BATCH)]
+    process = python(tmp_path, *TORCHRUN, script, *flags)
+    wait_for_progress_lines(process, 2)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode != 0  # torchrun reports its own ending by a signal
+    match = re.search(r"stopped by SIGTERM after iteration (\d+); resume with: torchrun", stdout)
+    assert match and 2 <= int(match[1]) < num_iterations
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load(run_dir / "checkpoint.pt")["iteration"] == int(match[1])
+
+    resumed = python(tmp_path, *TORCHRUN, script, "--resume", str(run_dir))
+    _, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr
+    steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
+    assert steps == [BATCH * i for i in range(1, num_iterations + 1)]
