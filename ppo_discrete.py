@@ -5,6 +5,7 @@ Read it top to bottom: arguments, network, §4 GAE, §3 clipped objective, then 
 design document, ppo_design.md (the README maps each section to the code).
 
     python ppo_discrete.py --env-id CartPole-v1
+    torchrun --standalone --nproc_per_node 2 ppo_discrete.py --env-id CartPole-v1  # 2 processes
 """
 
 import copy
@@ -526,7 +527,9 @@ if __name__ == "__main__":
             agent.load_state_dict(saved["model"])
             if args.resume is not None:
                 optimizer.load_state_dict(saved["optimizer"])
-                if rank == 0:  # the checkpoint holds rank 0's generators; the others seed anew
+                # The checkpoint holds rank 0's generators; the others seed those training draws from
+                # anew.
+                if rank == 0:
                     set_rng_states(saved["rng"])
                 else:
                     torch.manual_seed(args.seed + rank + saved["global_step"])
@@ -579,9 +582,9 @@ if __name__ == "__main__":
 
     start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
-    # (num_envs, obs_dim); env i of all num_envs (rank r has i = r * num_envs ...) is seeded
-    # seed + i + global_step. The envs' states are not in a checkpoint: a resumed run starts new
-    # episodes (global_step > 0 gives them new seeds).
+    # (num_envs, obs_dim). Env j of rank r is env i = r * num_envs + j of all args.num_envs, seeded
+    # seed + i + global_step: the seeds of one process running them all. The envs' states are not
+    # in a checkpoint: a resumed run starts new episodes (global_step > 0 gives them new seeds).
     next_obs_raw, _ = envs.reset(seed=args.seed + rank * num_envs + global_step)
     next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
 
@@ -776,7 +779,9 @@ if __name__ == "__main__":
             writer.flush()
     envs.close()
     if world_size > 1:
-        dist.barrier()  # every rank is done with the others (a rank that left early crashed at exit)
+        # Every rank is done with the others' data: without this barrier, a rank that left first
+        # sometimes aborted in gloo's teardown.
+        dist.barrier()
         dist.destroy_process_group()
     if stopped_by is not None:
         if rank == 0:
