@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import ROOT, scalar_events
 from test_long_runs import ALIGNED, BATCH, load, python, toy_env, wait_for_progress_lines
+from torchrun_gradient import agent, loss_gradient, minibatch
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -27,6 +28,17 @@ def assert_same_state(state0: dict, state1: dict) -> None:
     for name, tensors in state0.items():
         for key, tensor in tensors.items():
             assert torch.equal(tensor, state1[name][key]), (name, key)
+
+
+def test_the_ranks_mean_gradient_is_the_gradient_of_the_whole_minibatch(tmp_path):
+    """Each of 2 ranks takes half of one minibatch; with the advantages normalized by the whole
+    minibatch's statistics (gather_ranks) and the gradients averaged (mean_over_ranks), they get
+    the gradient one process computes on the whole minibatch."""
+    process = python(tmp_path, *TORCHRUN, str(ROOT / "tests" / "torchrun_gradient.py"))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    whole_minibatch = loss_gradient(agent(), minibatch())  # one process: no process group
+    torch.testing.assert_close(load(tmp_path / "gradient.pt"), whole_minibatch)
 
 
 def test_two_processes_learn_cartpole_in_step_and_only_rank_0_writes(tmp_path):
