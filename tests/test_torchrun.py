@@ -1,5 +1,6 @@
-"""Both scripts under torchrun, 2 CPU processes (gloo): the ranks stay identical, only rank 0
-writes, the run learns, a signal stops every rank at the same iteration and the run resumes."""
+"""Both scripts under torchrun, 2 CPU processes (gloo): the ranks' mean gradient is the whole
+minibatch's, the ranks stay identical, only rank 0 writes, the run learns, a signal stops every
+rank at the same iteration and the run resumes."""
 
 import re
 import signal
