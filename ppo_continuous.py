@@ -198,24 +198,48 @@ class Agent(nn.Module):
 
 
 class RunningMeanStd:
-    """Running mean and variance of a stream of batches (Chan et al.'s parallel update)."""
+    """Running mean and variance of a stream of batches (Chan et al.'s parallel update). Under
+    torchrun each rank updates them from its own envs, and sync_ranks merges the ranks' additions."""
 
     def __init__(self, shape: tuple[int, ...] = ()) -> None:
         self.mean = np.zeros(shape, dtype=np.float64)
         self.var = np.ones(shape, dtype=np.float64)
         self.count = EPSILON
+        self.synced = (self.mean, self.var, self.count)  # as all ranks last agreed
 
     def update(self, batch: np.ndarray) -> None:
         """Merges a batch, (batch_size, *shape), into the statistics."""
-        batch_count = batch.shape[0]
-        delta = batch.mean(axis=0) - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
+        self.merge(batch.mean(axis=0), batch.var(axis=0), batch.shape[0])
+
+    def merge(self, mean: np.ndarray, var: np.ndarray, count: float) -> None:
+        """Merges the statistics (mean, variance, count) of more data into these."""
+        delta = mean - self.mean
+        total = self.count + count
+        self.mean = self.mean + delta * count / total
         # sum of squared deviations of both parts, plus the shift between their means
-        m2 = self.var * self.count + batch.var(axis=0) * batch_count
-        m2 = m2 + delta**2 * self.count * batch_count / total
+        m2 = self.var * self.count + var * count
+        m2 = m2 + delta**2 * self.count * count / total
         self.var = m2 / total
         self.count = total
+
+    def sync_ranks(self) -> None:
+        """Each rank holds the statistics of the last sync plus what its own envs added since; all
+        then hold those of the last sync plus what every rank added, as one process stepping all
+        the envs would. One gather per call, where gathering every env step would cost one per
+        step. Nothing to merge in a single process."""
+        if dist.is_initialized():
+            synced_mean, synced_var, synced_count = self.synced
+            # This rank's additions (count, mean, sum of squared deviations): merge, undone.
+            count = self.count - synced_count
+            mean = (self.count * self.mean - synced_count * synced_mean) / count
+            m2 = self.count * self.var - synced_count * synced_var
+            m2 = m2 - (mean - synced_mean) ** 2 * synced_count * count / self.count
+            counts = gather_ranks(torch.tensor([count], dtype=torch.float64))  # (K,)
+            moments = gather_ranks(torch.from_numpy(np.stack([mean, m2 / count]))[None])
+            self.mean, self.var, self.count = self.synced
+            for count, (mean, var) in zip(counts.tolist(), moments.numpy()):  # (K, 2, *shape)
+                self.merge(mean, var, count)
+        self.synced = (self.mean, self.var, self.count)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: torch.tensor(getattr(self, name)) for name in ("mean", "var", "count")}
@@ -223,6 +247,7 @@ class RunningMeanStd:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.mean, self.var = state["mean"].numpy(), state["var"].numpy()
         self.count = state["count"].item()
+        self.synced = (self.mean, self.var, self.count)
 
 
 def normalize_obs(obs: np.ndarray, obs_rms: RunningMeanStd | None) -> np.ndarray:
@@ -666,8 +691,8 @@ if __name__ == "__main__":
     # seed + i + global_step: the seeds of one process running them all. The envs' states are not
     # in a checkpoint: a resumed run starts new episodes (global_step > 0 gives them new seeds).
     next_obs_raw, _ = envs.reset(seed=args.seed + rank * num_envs + global_step)
-    if obs_rms is not None:  # every rank's observations, so the ranks keep the same statistics
-        obs_rms.update(gather_ranks(torch.from_numpy(next_obs_raw)).numpy())
+    if obs_rms is not None:
+        obs_rms.update(next_obs_raw)
     next_obs = torch.tensor(
         normalize_obs(next_obs_raw, obs_rms), dtype=torch.float32, device=device
     )
@@ -706,12 +731,12 @@ if __name__ == "__main__":
                         f"global step {global_step}; the last good state is in {checkpoint_path}"
                     )
                 if obs_rms is not None:
-                    obs_rms.update(gather_ranks(torch.from_numpy(next_obs_raw)).numpy())
+                    obs_rms.update(next_obs_raw)
                 if return_rms is not None:
                     # Scale rewards by the running std of the discounted return (as SB3's
                     # VecNormalize does).
                     discounted_return = discounted_return * args.gamma + reward
-                    return_rms.update(gather_ranks(torch.from_numpy(discounted_return)).numpy())
+                    return_rms.update(discounted_return)
                     reward = np.clip(
                         reward / np.sqrt(return_rms.var + EPSILON), -NORM_CLIP, NORM_CLIP
                     )
@@ -746,6 +771,11 @@ if __name__ == "__main__":
 
             # env steps per second while collecting (all ranks'): the env's cost plus the policy's
             rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
+            # Under torchrun each rank updated the normalization statistics from its own envs;
+            # from here on all ranks hold those of all envs.
+            for rms in (obs_rms, return_rms):
+                if rms is not None:
+                    rms.sync_ranks()
 
             # §9.1 phase 2: advantages and returns
             with torch.inference_mode():

@@ -5,11 +5,12 @@ rank at the same iteration and the run resumes."""
 import re
 import signal
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, scalar_events
 from test_long_runs import ALIGNED, BATCH, load, python, toy_env, wait_for_progress_lines
-from torchrun_gradient import agent, loss_gradient, minibatch
+from torchrun_math import ROUNDS, agent, loss_gradient, minibatch, rank_data
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -31,15 +32,32 @@ def assert_same_state(state0: dict, state1: dict) -> None:
             assert torch.equal(tensor, state1[name][key]), (name, key)
 
 
-def test_the_ranks_mean_gradient_is_the_gradient_of_the_whole_minibatch(tmp_path):
+@pytest.fixture(scope="module")
+def torchrun_math(tmp_path_factory):
+    """The directory where tests/torchrun_math.py, run by 2 processes, saved its results."""
+    workdir = tmp_path_factory.mktemp("torchrun_math")
+    process = python(workdir, *TORCHRUN, str(ROOT / "tests" / "torchrun_math.py"))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    return workdir
+
+
+def test_the_ranks_mean_gradient_is_the_gradient_of_the_whole_minibatch(torchrun_math):
     """Each of 2 ranks takes half of one minibatch; with the advantages normalized by the whole
     minibatch's statistics (gather_ranks) and the gradients averaged (mean_over_ranks), they get
     the gradient one process computes on the whole minibatch."""
-    process = python(tmp_path, *TORCHRUN, str(ROOT / "tests" / "torchrun_gradient.py"))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
     whole_minibatch = loss_gradient(agent(), minibatch())  # one process: no process group
-    torch.testing.assert_close(load(tmp_path / "gradient.pt"), whole_minibatch)
+    torch.testing.assert_close(load(torchrun_math / "gradient.pt"), whole_minibatch)
+
+
+def test_synced_statistics_are_those_of_every_ranks_data(torchrun_math):
+    every_batch = [batch for r in range(2) for i in range(ROUNDS) for batch in rank_data(r, i)]
+    all_data = np.concatenate(every_batch)  # (rows, OBS_DIM)
+    statistics = load(torchrun_math / "statistics.pt")
+    assert statistics["count"].item() == pytest.approx(len(all_data))
+    # (to about 1e-10: the statistics start from a pseudo-observation of weight EPSILON)
+    np.testing.assert_allclose(statistics["mean"].numpy(), all_data.mean(axis=0), rtol=1e-8)
+    np.testing.assert_allclose(statistics["var"].numpy(), all_data.var(axis=0), rtol=1e-8)
 
 
 def test_two_processes_learn_cartpole_in_step_and_only_rank_0_writes(tmp_path):

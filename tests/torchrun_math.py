@@ -1,12 +1,17 @@
-"""Under `torchrun --nproc_per_node K`: each rank takes its 1/K of one minibatch, computes the loss
-of ppo_continuous.py's update on it (advantages normalized by the statistics of gather_ranks) and
-averages the gradients with mean_over_ranks; rank 0 saves the result to gradient.pt in the working
-directory. tests/test_torchrun.py compares it with one process's gradient of the whole minibatch."""
+"""The math of ppo_continuous.py's torchrun helpers, run under `torchrun --nproc_per_node K`; rank 0
+saves the results in the working directory, and tests/test_torchrun.py compares them with one
+process's brute-force figures:
+- gradient.pt: each rank takes its 1/K of one minibatch, computes the update's loss on it
+  (advantages normalized by the statistics of gather_ranks), and averages the gradients with
+  mean_over_ranks: the whole minibatch's gradient;
+- statistics.pt: each rank updates a RunningMeanStd with its own data (rank_data) and the ranks
+  call sync_ranks after each round: the mean and variance of all ranks' data."""
 
 import sys
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -14,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the
 from ppo_continuous import (
     EPSILON,
     Agent,
+    RunningMeanStd,
     clipped_surrogate_loss,
     gather_ranks,
     mean_over_ranks,
@@ -21,6 +27,7 @@ from ppo_continuous import (
 )
 
 MINIBATCH_SIZE, OBS_DIM, ACTION_DIM = 64, 3, 1  # Pendulum-v1's spaces
+ROUNDS, BATCHES_PER_ROUND = 3, 2  # of the statistics
 
 
 def minibatch() -> dict[str, torch.Tensor]:
@@ -55,12 +62,25 @@ def loss_gradient(agent: Agent, mb: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([param.grad.flatten() for param in agent.parameters()])
 
 
+def rank_data(rank: int, round_: int) -> list[np.ndarray]:
+    """The batches rank adds to the statistics in a round, (7, OBS_DIM) each; each rank's are
+    centered elsewhere, so statistics of one rank's data alone would be far off."""
+    rng = np.random.default_rng([rank, round_])
+    return [rng.normal(10.0 * rank, 1.0 + rank, (7, OBS_DIM)) for _ in range(BATCHES_PER_ROUND)]
+
+
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     part = {key: tensor.chunk(world_size)[rank] for key, tensor in minibatch().items()}
     gradient = mean_over_ranks(loss_gradient(agent(), part))
+    statistics = RunningMeanStd((OBS_DIM,))
+    for round_ in range(ROUNDS):
+        for batch in rank_data(rank, round_):
+            statistics.update(batch)
+        statistics.sync_ranks()
     if rank == 0:
         torch.save(gradient, "gradient.pt")
+        torch.save(statistics.state_dict(), "statistics.pt")
     dist.barrier()  # as in the scripts: no rank leaves before the others are done
     dist.destroy_process_group()
