@@ -225,8 +225,8 @@ class RunningMeanStd:
     def sync_ranks(self) -> None:
         """Each rank holds the statistics of the last sync plus what its own envs added since; all
         then hold those of the last sync plus what every rank added, as one process stepping all
-        the envs would. One gather per call, where gathering every env step would cost one per
-        step. Nothing to merge in a single process."""
+        the envs would. Called once per iteration: two small gathers, where gathering the data of
+        every env step would cost a collective per step. Nothing to merge in a single process."""
         if dist.is_initialized():
             synced_mean, synced_var, synced_count = self.synced
             # This rank's additions (count, mean, sum of squared deviations): merge, undone.
