@@ -535,6 +535,27 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """A minibatch's advantages, (minibatch_size,), shifted and scaled to mean 0 and std 1 by the
+    statistics of the whole minibatch: under torchrun, of all ranks' parts of it."""
+    all_advantages = gather_ranks(advantages)
+    return (advantages - all_advantages.mean()) / (all_advantages.std() + EPSILON)
+
+
+def mean_gradients_over_ranks(agent: nn.Module) -> None:
+    """Replaces each parameter's gradient by its mean over the ranks. Each rank's loss is the mean
+    over its part of the minibatch, so the mean gradient is the gradient of the whole minibatch's
+    loss; all ranks then take the same step and their parameters stay identical. One all_reduce of
+    all the gradients, flattened: DDP would do the same inside backward(), but only for calls
+    through its wrapper's forward(), and it would hide this step of the math."""
+    if not dist.is_initialized():
+        return
+    grads = [param.grad for param in agent.parameters()]
+    mean_grad = mean_over_ranks(torch.cat([grad.flatten() for grad in grads]))  # (num_params,)
+    for grad, mean in zip(grads, mean_grad.split([grad.numel() for grad in grads])):
+        grad.copy_(mean.view_as(grad))
+
+
 def stop_on_any_rank(signum: int | None) -> int | None:
     """The signal that any rank received, or None: all ranks stop after the same iteration, since
     one that stopped alone would leave the others waiting forever in their next collective."""
@@ -811,11 +832,8 @@ if __name__ == "__main__":
                     ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
 
                     mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:  # by the statistics of the whole minibatch, all ranks' parts
-                        all_advantages = gather_ranks(mb_advantages)
-                        mb_advantages = (mb_advantages - all_advantages.mean()) / (
-                            all_advantages.std() + EPSILON
-                        )
+                    if args.norm_adv:
+                        mb_advantages = normalize_advantages(mb_advantages)
 
                     pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
                     v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
@@ -846,17 +864,7 @@ if __name__ == "__main__":
 
                     optimizer.zero_grad()
                     loss.backward()
-                    if world_size > 1:
-                        # Each rank's loss is the mean over its part of the minibatch, so the
-                        # ranks' mean gradient is the gradient of the whole minibatch's loss. All
-                        # ranks then take the same step and their parameters stay identical.
-                        # One all_reduce of all the gradients, flattened: DDP would do the same
-                        # inside backward(), but only for calls through its wrapper's forward(),
-                        # and it would hide this step of the math.
-                        grads = [param.grad for param in agent.parameters()]
-                        mean_grad = mean_over_ranks(torch.cat([grad.flatten() for grad in grads]))
-                        for grad, mean in zip(grads, mean_grad.split([g.numel() for g in grads])):
-                            grad.copy_(mean.view_as(grad))
+                    mean_gradients_over_ranks(agent)  # the whole minibatch's gradient
                     grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # before the step
                         sys.exit(

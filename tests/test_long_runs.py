@@ -39,6 +39,14 @@ def python(cwd, *args: str) -> subprocess.Popen:
     )
 
 
+def run_to_success(cwd, *args: str, timeout: float = 120) -> str:
+    """`python ARGS...` in cwd, to its end; asserts that it succeeded and returns its stdout."""
+    process = python(cwd, *args)
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr
+    return stdout
+
+
 def wait_for_progress_lines(process: subprocess.Popen, count: int) -> None:
     """Reads stdout until `count` iterations have printed their progress line."""
     seen = 0
@@ -83,9 +91,7 @@ def test_a_stopped_and_resumed_run_is_the_uninterrupted_run(run_script, tmp_path
 
     command = match[2].split()
     assert command == ["python", str(ROOT / script), "--resume", f"runs/{run_dir.name}"]
-    resumed = python(workdir, *command[1:])
-    _, stderr = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, stderr
+    run_to_success(workdir, *command[1:])
     assert load(run_dir / "checkpoint.pt")["global_step"] == num_iterations * BATCH
 
     expected, logged = scalar_events(uninterrupted), scalar_events(run_dir)
@@ -131,9 +137,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(t
     assert saved_iteration >= 3 and saved_iteration % 3 == 0
     assert len(scalars(run_dir)["charts/SPS"]) >= saved_iteration  # the log reaches that far
 
-    resumed = python(tmp_path, str(ROOT / "ppo_continuous.py"), "--resume", str(run_dir))
-    _, stderr = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, stderr
+    run_to_success(tmp_path, str(ROOT / "ppo_continuous.py"), "--resume", str(run_dir))
     steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
     assert steps == [BATCH * i for i in range(1, num_iterations + 1)]
 

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, scalar_events
-from test_long_runs import ALIGNED, BATCH, load, python, toy_env, wait_for_progress_lines
+from test_long_runs import (
+    ALIGNED,
+    BATCH,
+    load,
+    python,
+    run_to_success,
+    toy_env,
+    wait_for_progress_lines,
+)
 from torchrun_math import ROUNDS, agent, loss_gradient, minibatch, rank_data
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -19,9 +27,8 @@ def torchrun_with_states(cwd, script: str, *args: str) -> tuple[str, list[dict]]
     """Runs `torchrun --standalone --nproc_per_node 2 SCRIPT ARGS...` in cwd; returns its stdout
     and each rank's final state (tests/torchrun_worker.py)."""
     worker = str(ROOT / "tests" / "torchrun_worker.py")
-    process = python(cwd, *TORCHRUN, worker, str(ROOT / script), *args)
-    stdout, stderr = process.communicate(timeout=300)  # a rank left waiting would hang here
-    assert process.returncode == 0, stderr
+    # (a rank left waiting in a collective would hang until the timeout)
+    stdout = run_to_success(cwd, *TORCHRUN, worker, str(ROOT / script), *args, timeout=300)
     return stdout, [load(cwd / f"rank{rank}.pt") for rank in range(2)]
 
 
@@ -36,17 +43,16 @@ def assert_same_state(state0: dict, state1: dict) -> None:
 def torchrun_math(tmp_path_factory):
     """The directory where tests/torchrun_math.py, run by 2 processes, saved its results."""
     workdir = tmp_path_factory.mktemp("torchrun_math")
-    process = python(workdir, *TORCHRUN, str(ROOT / "tests" / "torchrun_math.py"))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
+    run_to_success(workdir, *TORCHRUN, str(ROOT / "tests" / "torchrun_math.py"))
     return workdir
 
 
 def test_the_ranks_mean_gradient_is_the_gradient_of_the_whole_minibatch(torchrun_math):
     """Each of 2 ranks takes half of one minibatch; with the advantages normalized by the whole
-    minibatch's statistics (gather_ranks) and the gradients averaged (mean_over_ranks), they get
-    the gradient one process computes on the whole minibatch."""
-    whole_minibatch = loss_gradient(agent(), minibatch())  # one process: no process group
+    minibatch's statistics (normalize_advantages) and the gradients averaged
+    (mean_gradients_over_ranks), they get the gradient one process computes on the whole minibatch."""
+    # One process (no process group): plain normalization, nothing to average.
+    whole_minibatch = loss_gradient(agent(), minibatch())
     torch.testing.assert_close(load(torchrun_math / "gradient.pt"), whole_minibatch)
 
 
@@ -113,8 +119,6 @@ def test_a_signal_stops_every_rank_after_one_iteration_and_the_run_resumes(tmp_p
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert load(run_dir / "checkpoint.pt")["iteration"] == int(match[1])
 
-    resumed = python(tmp_path, *TORCHRUN, script, "--resume", str(run_dir))
-    _, stderr = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, stderr
+    run_to_success(tmp_path, *TORCHRUN, script, "--resume", str(run_dir))
     steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
     assert steps == [BATCH * i for i in range(1, num_iterations + 1)]

@@ -2,8 +2,8 @@
 saves the results in the working directory, and tests/test_torchrun.py compares them with one
 process's brute-force figures:
 - gradient.pt: each rank takes its 1/K of one minibatch, computes the update's loss on it
-  (advantages normalized by the statistics of gather_ranks), and averages the gradients with
-  mean_over_ranks: the whole minibatch's gradient;
+  (advantages by normalize_advantages) and averages the gradients (mean_gradients_over_ranks):
+  the whole minibatch's gradient;
 - statistics.pt: each rank updates a RunningMeanStd with its own data (rank_data) and the ranks
   call sync_ranks after each round: the mean and variance of all ranks' data."""
 
@@ -17,12 +17,12 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
 from ppo_continuous import (
-    EPSILON,
     Agent,
+    Args,
     RunningMeanStd,
     clipped_surrogate_loss,
-    gather_ranks,
-    mean_over_ranks,
+    mean_gradients_over_ranks,
+    normalize_advantages,
     value_loss,
 )
 
@@ -50,15 +50,16 @@ def agent() -> Agent:
 
 
 def loss_gradient(agent: Agent, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The flattened gradient of the update's loss (default coefficients) on minibatch part mb."""
+    """The update's loss (default coefficients) on minibatch part mb, as the training loop computes
+    it; returns its gradient averaged over the ranks, flattened: (num_params,)."""
+    args = Args()
     _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb["obs"], mb["actions"])
     ratio = (newlogprob - mb["logprobs"]).exp()
-    all_advantages = gather_ranks(mb["advantages"])
-    advantages = (mb["advantages"] - all_advantages.mean()) / (all_advantages.std() + EPSILON)
-    pg_loss = clipped_surrogate_loss(ratio, advantages, 0.2)
+    pg_loss = clipped_surrogate_loss(ratio, normalize_advantages(mb["advantages"]), args.clip_coef)
     v_loss = value_loss(newvalue.flatten(), mb["values"], mb["returns"], None)
-    loss = pg_loss + 0.5 * v_loss - 0.01 * entropy.mean()
+    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
     loss.backward()
+    mean_gradients_over_ranks(agent)
     return torch.cat([param.grad.flatten() for param in agent.parameters()])
 
 
@@ -73,7 +74,7 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     part = {key: tensor.chunk(world_size)[rank] for key, tensor in minibatch().items()}
-    gradient = mean_over_ranks(loss_gradient(agent(), part))
+    gradient = loss_gradient(agent(), part)
     statistics = RunningMeanStd((OBS_DIM,))
     for round_ in range(ROUNDS):
         for batch in rank_data(rank, round_):
