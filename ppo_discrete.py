@@ -1,8 +1,7 @@
 """Proximal Policy Optimization for discrete (Discrete) action spaces, in one file.
 
-Read it top to bottom: arguments, network, §4 GAE, §3 clipped objective, then the training loop
-(§7 rollout, §9 update, §10 logging) and a deterministic evaluation. "§" marks a section of the
-design document, ppo_design.md (the README maps each section to the code).
+Part 1 is PPO: arguments, networks, §4 GAE, §3 clipped objective, `train` (the §9 loop). Part 2 is
+what long runs and many processes need. §N: the README's "The math, section by section".
 
     python ppo_discrete.py --env-id CartPole-v1
     torchrun --standalone --nproc_per_node 2 ppo_discrete.py --env-id CartPole-v1  # 2 processes
@@ -35,27 +34,14 @@ SCRIPT = os.path.basename(__file__)
 
 @dataclass
 class Args:
-    exp_name: str = SCRIPT.removesuffix(".py")
-    """the name of this experiment (part of the run directory's name)"""
-    seed: int = 1
-    """seed of the experiment (python, numpy, torch and the environments)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = False
-    """if toggled, run the networks on the GPU if there is one (tiny MLPs are faster on the CPU)"""
     env_id: str = "CartPole-v1"
     """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
     total_timesteps: int = 100_000
     """total environment steps of the experiment, summed over all environments"""
     learning_rate: float = 2e-3
     """the learning rate of the optimizer (§8.4)"""
-    vector_mode: Literal["sync", "async"] = "sync"
-    """sync steps the envs one after another in this process; async steps each in a process of
-    its own, which pays off only when an env step costs far more than passing its data between
-    processes (see the README)"""
     num_envs: int = 8
-    """the number of parallel environments (§7), in all: under torchrun each of K processes runs
-    num_envs / K of them, so the batch and every hyperparameter mean the same at any K"""
+    """the number of parallel environments (§7), in all (under torchrun, K processes run N/K each)"""
     num_steps: int = 32
     """the number of steps to run in each environment per policy rollout (§7.2 T)"""
     anneal_lr: bool = True
@@ -69,7 +55,7 @@ class Args:
     update_epochs: int = 20
     """the number of passes over each rollout (§9.2)"""
     norm_adv: bool = True
-    """if toggled, advantages are normalized per minibatch"""
+    """if toggled, advantages are normalized per minibatch (§8.6)"""
     clip_coef: float = 0.2
     """the clipping coefficient epsilon of the surrogate objective and value loss (§3.1, §5.2)"""
     clip_vloss: bool = False
@@ -82,32 +68,43 @@ class Args:
     """the maximum norm of the gradient (§8.4)"""
     target_kl: float | None = None
     """if set, an iteration's update stops early once the approximate KL (§10.1) exceeds it"""
+    norm_obs: bool = False
+    """if toggled, observations are normalized by running mean and variance (§8.5)"""
+    norm_reward: bool = False
+    """if toggled, rewards are divided by the running std of discounted returns (§8.5)"""
+
+    # The run: its name, randomness, hardware, outputs, and long runs (Part 2).
+    exp_name: str = SCRIPT.removesuffix(".py")
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environments)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, run the networks on the GPU if there is one (tiny MLPs are faster on the CPU)"""
+    vector_mode: Literal["sync", "async"] = "sync"
+    """sync steps the envs one after another in this process; async steps each in a process of its
+    own, which pays only if an env step costs far more than passing its data (see the README)"""
     save_model: bool = False
-    """if toggled, save the agent to `runs/{run_name}/agent.pt`"""
+    """if toggled, save the agent and its normalization statistics to `runs/{run_name}/agent.pt`"""
     capture_gif: bool = False
     """if toggled, write one deterministic evaluation episode to `gifs/{env_id}.gif`"""
     eval_episodes: int = 10
     """the number of deterministic evaluation episodes after training"""
     eval_every: int = 0
-    """also evaluate every N iterations during training (0: only after it), logged at that step as
-    `eval/episodic_return` (the benchmark's learning curves)"""
+    """also evaluate every N iterations during training (0: only after it): learning curves"""
     checkpoint_every: int = 0
-    """write `runs/{run_name}/checkpoint.pt` every N iterations (0: only when training ends, however
-    it ends: done, Ctrl-C / SIGTERM, or an error)"""
+    """write `runs/{run_name}/checkpoint.pt` every N iterations (it is always written at the end)"""
     resume: str | None = None
-    """a checkpoint.pt or its run directory: continue that run, with its saved arguments, in its
-    directory, to its total_timesteps"""
+    """a checkpoint.pt or its run directory: continue that run, with its saved arguments"""
     eval_only: str | None = None
-    """an agent.pt or checkpoint.pt: run `eval-episodes` deterministic episodes with it (its saved
-    env, seed and normalization statistics) and exit; `--capture-gif` and `--cuda` apply"""
+    """an agent.pt or checkpoint.pt: evaluate it as its run did, and exit (--eval-episodes,
+    --capture-gif and --cuda apply)"""
 
 
+# Normalized observations and rewards are clipped to ±NORM_CLIP, as in SB3's VecNormalize.
+NORM_CLIP = 10.0
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
-# agent.pt holds what evaluation needs; checkpoint.pt adds what training needs to continue.
-AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
-CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "iteration", "global_step", "rng")
-# The flags --eval-only takes from the command line; the rest come from the saved run.
-EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda")
 
 
 def make_env(env_id: str) -> Callable[[], gym.Env]:
@@ -117,6 +114,17 @@ def make_env(env_id: str) -> Callable[[], gym.Env]:
         return gym.wrappers.RecordEpisodeStatistics(env)
 
     return thunk
+
+
+def make_envs(env_id: str, num_envs: int, vector_mode: str) -> gym.vector.VectorEnv:
+    """§7 num_envs copies of env_id, stepped as one. SAME_STEP autoreset: a step that ends an
+    episode returns the next episode's first observation, and the true last one in
+    infos["final_obs"]; no step spans two episodes. Both vector env classes work the same way."""
+    vector_env = gym.vector.AsyncVectorEnv if vector_mode == "async" else gym.vector.SyncVectorEnv
+    return vector_env(
+        [make_env(env_id) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
@@ -166,6 +174,47 @@ class Agent(nn.Module):
         return action, log_prob, entropy, self.critic(x)
 
 
+class RunningMeanStd:
+    """§8.5 running mean and variance of a stream of batches (Chan et al.'s parallel update)."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = EPSILON
+
+    def update(self, batch: np.ndarray) -> None:
+        """Merges a batch, (batch_size, *shape), into the statistics."""
+        self.merge(batch.mean(axis=0), batch.var(axis=0), batch.shape[0])
+
+    def merge(self, mean: np.ndarray, var: np.ndarray, count: float) -> None:
+        """Merges the statistics (mean, variance, count) of more data into these."""
+        delta = mean - self.mean
+        total = self.count + count
+        self.mean = self.mean + delta * count / total
+        # sum of squared deviations of both parts, plus the shift between their means
+        m2 = self.var * self.count + var * count
+        m2 = m2 + delta**2 * self.count * count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        names = ("mean", "var", "count")
+        return {name: torch.tensor(getattr(self, name), dtype=torch.float64) for name in names}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean, self.var = state["mean"].numpy(), state["var"].numpy()
+        self.count = state["count"].item()
+
+
+def normalize_obs(
+    obs: np.ndarray, rms: RunningMeanStd | None, device: torch.device
+) -> torch.Tensor:
+    """§8.5 the agent's input: (obs - mean) / std clipped to ±NORM_CLIP (if rms), float32."""
+    if rms is not None:
+        obs = np.clip((obs - rms.mean) / np.sqrt(rms.var + EPSILON), -NORM_CLIP, NORM_CLIP)
+    return torch.tensor(obs, dtype=torch.float32, device=device)
+
+
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -176,22 +225,18 @@ def compute_gae(
     gae_lambda: float,
 ) -> torch.Tensor:
     """§4.2 generalized advantage estimation, backwards in time, for every env at once (§7.2).
-
-    All inputs are (num_steps, num_envs). values[t] = V(s_t); next_values[t] = V(s_{t+1}) of the
-    state that really followed step t (for a truncated episode: its final observation, not the
-    reset one).
-    The design's single "done" (§4.2, §7.3) is split in two, as gymnasium 1.x reports it:
+    All inputs and the advantages returned are (num_steps, num_envs). values[t] = V(s_t);
+    next_values[t] = V(s_{t+1}) of the state that really followed step t (§7.4: for a truncated
+    episode, its final observation). The design's single "done" (§7.3) is split in two:
     - terminations[t]: s_{t+1} is terminal, its value is zero, so δ_t does not bootstrap;
     - terminations[t] or truncations[t]: the episode ended, so the sum over future δ stops at t.
-    Returns the advantages, (num_steps, num_envs).
     """
-    num_steps = rewards.shape[0]
     episode_ends = torch.maximum(terminations, truncations)
     # δ_t = r_t + γ V(s_{t+1}) - V(s_t), with V(terminal) = 0
     deltas = rewards + gamma * next_values * (1.0 - terminations) - values
     advantages = torch.zeros_like(rewards)
     last_advantage = torch.zeros_like(rewards[0])  # (num_envs,)
-    for t in reversed(range(num_steps)):
+    for t in reversed(range(rewards.shape[0])):
         # Â_t = δ_t + γλ (1 - done_t) Â_{t+1}
         last_advantage = deltas[t] + gamma * gae_lambda * (1.0 - episode_ends[t]) * last_advantage
         advantages[t] = last_advantage
@@ -221,16 +266,254 @@ def value_loss(
     return torch.max(unclipped, (clipped_values - returns) ** 2).mean()
 
 
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """§8.6 a minibatch's advantages, (minibatch_size,), shifted and scaled to mean 0 and std 1 by
+    the statistics of the whole minibatch (under torchrun, of all ranks' parts of it)."""
+    all_advantages = gather_ranks(advantages)  # one process: advantages itself
+    return (advantages - all_advantages.mean()) / (all_advantages.std() + EPSILON)
+
+
+def train(
+    args: Args, envs: gym.vector.VectorEnv, device: torch.device, run_dir: str, saved: dict | None
+) -> dict:
+    """§9 PPO for args.total_timesteps env steps, logged to TensorBoard in run_dir; then saves and
+    evaluates the agent. envs are this process's (under torchrun, num_envs / K of them); `saved`
+    is the checkpoint that --resume continues, or None. Returns the final training state."""
+    rank = dist.get_rank() if dist.is_initialized() else 0  # torchrun's process number
+    num_envs = envs.num_envs
+    batch_size = num_envs * args.num_steps  # this process's part of each batch
+    minibatch_size = batch_size // args.num_minibatches
+    num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+
+    # Rank r seeds with seed + r: its action noise and minibatch order are its own.
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    agent = Agent(envs).to(device)
+    # §8.4 Adam; fused=True runs its update of all parameters as one kernel, much faster here.
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    obs_rms = RunningMeanStd(observation_space.shape) if args.norm_obs else None  # §8.5
+    return_rms = RunningMeanStd() if args.norm_reward else None
+    trained = {"model": agent, "optimizer": optimizer, "obs_rms": obs_rms, "return_rms": return_rms}
+    checkpointer = Checkpointer(args, envs, run_dir, trained)  # Part 2: checkpoints, signals
+    start_iteration, global_step = checkpointer.resume(saved)  # a new run (None): 0, 0
+    broadcast_parameters(agent)  # Part 2: under torchrun, all ranks start from rank 0's
+    writer = tensorboard_writer(args, run_dir, saved) if rank == 0 else None  # rank 0 alone logs
+
+    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...)
+    obs = torch.zeros((args.num_steps, num_envs) + observation_space.shape, device=device)
+    actions = torch.zeros((args.num_steps, num_envs) + action_space.shape, device=device)
+    logprobs = torch.zeros((args.num_steps, num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, num_envs), device=device)
+    terminations = torch.zeros((args.num_steps, num_envs), device=device)
+    truncations = torch.zeros((args.num_steps, num_envs), device=device)
+    values = torch.zeros((args.num_steps, num_envs), device=device)
+    final_values = torch.zeros((args.num_steps, num_envs), device=device)  # §7.4 V(final_obs)
+
+    start_time, start_step = time.time(), global_step
+    recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
+    # (num_envs, obs_dim). Env j of rank r is env i = r * num_envs + j of all args.num_envs, seeded
+    # seed + i + global_step: a resumed run (global_step > 0) starts new episodes (see --resume).
+    next_obs_raw, _ = envs.reset(seed=args.seed + rank * num_envs + global_step)
+    if obs_rms is not None:
+        obs_rms.update(next_obs_raw)
+    next_obs = normalize_obs(next_obs_raw, obs_rms, device)
+    discounted_return = np.zeros(num_envs)  # (num_envs,) for reward scaling (§8.5)
+    eval_seed = args.seed + args.num_envs  # a fresh env seeded past the training envs' seeds
+
+    with checkpointer:  # Part 2: however training ends, the last boundary is written
+        for iteration in range(start_iteration + 1, num_iterations + 1):
+            if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
+                frac = 1.0 - (iteration - 1.0) / num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+            # §9.1 phase 1: rollout collection
+            rollout_start = time.time()
+            finished_episodes = []  # (global_step, return, length) of each episode that ends
+            for step in range(args.num_steps):
+                global_step += args.num_envs  # all ranks' steps
+                obs[step] = next_obs
+                with torch.inference_mode():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+
+                next_obs_raw, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+                stop_if_nonfinite_env(next_obs_raw, reward, global_step, checkpointer.path)
+                if obs_rms is not None:
+                    obs_rms.update(next_obs_raw)
+                if return_rms is not None:  # §8.5 scale by the std of the discounted return
+                    discounted_return = discounted_return * args.gamma + reward
+                    return_rms.update(discounted_return)
+                    reward = np.clip(
+                        reward / np.sqrt(return_rms.var + EPSILON), -NORM_CLIP, NORM_CLIP
+                    )
+                    discounted_return[terminated | truncated] = 0.0
+                rewards[step] = torch.as_tensor(reward, device=device)
+                terminations[step] = torch.as_tensor(terminated, device=device)
+                truncations[step] = torch.as_tensor(truncated, device=device)
+                next_obs = normalize_obs(next_obs_raw, obs_rms, device)
+
+                # §7.4 A time limit cut these episodes; the MDP did not end them. Bootstrap from
+                # the value of each one's true last observation, normalized as the agent sees it.
+                if truncated.any():
+                    truncated_envs = np.flatnonzero(truncated)
+                    # (num_truncated, obs_dim)
+                    final_obs = np.stack(infos["final_obs"][truncated_envs])
+                    final_obs = normalize_obs(final_obs, obs_rms, device)
+                    with torch.inference_mode():
+                        final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
+
+                # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
+                if "episode" in infos.get("final_info", {}):
+                    episode = infos["final_info"]["episode"]
+                    for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                        finished_episodes.append((global_step, episode["r"][i], episode["l"][i]))
+
+            # env steps per second while collecting (all ranks'): the env's cost plus the policy's
+            rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
+
+            # §9.1 phase 2: advantages and returns
+            with torch.inference_mode():
+                next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
+            # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
+            # after the last step, and (§7.4) V(final_obs) where the episode was truncated.
+            next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
+            next_values = torch.where(truncations.bool(), final_values, next_values)
+            advantages = compute_gae(
+                rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
+            )  # (num_steps, num_envs)
+            returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
+
+            # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
+            b_obs = obs.reshape((-1,) + observation_space.shape)
+            b_actions = actions.reshape((-1,) + action_space.shape)
+            b_logprobs = logprobs.reshape(-1)
+            b_advantages = advantages.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_values = values.reshape(-1)
+
+            # §9.1 phase 3: update_epochs passes over shuffled minibatches
+            stats = defaultdict(list)  # each minibatch's figures (tensors), averaged for the log
+            kl_exceeded = False
+            for epoch in range(args.update_epochs):
+                b_inds = np.random.permutation(batch_size)
+                for start in range(0, batch_size, minibatch_size):
+                    mb_inds = b_inds[start : start + minibatch_size]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                        b_obs[mb_inds], b_actions[mb_inds]
+                    )
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
+
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = normalize_advantages(mb_advantages)  # §8.6
+
+                    pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
+                    v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
+                    v_loss = value_loss(
+                        newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
+                    )
+                    entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
+                    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
+
+                    with torch.no_grad():
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
+                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+                    minibatch_stats = {
+                        "policy_loss": pg_loss,
+                        "value_loss": v_loss,
+                        "entropy": entropy_loss,
+                        "old_approx_kl": old_approx_kl,
+                        "approx_kl": approx_kl,
+                        "clipfrac": clipfrac,
+                    }
+                    for key, value in minibatch_stats.items():
+                        stats[key].append(value.detach())
+                    # (the ranks' mean: all of them must stop at the same minibatch)
+                    if args.target_kl is not None and mean_over_ranks(approx_kl) > args.target_kl:
+                        kl_exceeded = True  # stop before this minibatch moves the policy further
+                        break
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    mean_gradients_over_ranks(agent)  # one process: nothing to do
+                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    stop_if_nonfinite(loss, grad_norm, global_step, checkpointer.path)
+                    optimizer.step()
+                if kl_exceeded:
+                    break
+
+            # §10 diagnostics; the losses are averaged over every minibatch of this iteration and
+            # over the ranks, the explained variance is rank 0's batch's
+            losses = mean_over_ranks(torch.stack([torch.stack(h).mean() for h in stats.values()]))
+            if rank == 0:
+                for step, episodic_return, episodic_length in finished_episodes:
+                    recent_returns.append(float(episodic_return))
+                    writer.add_scalar("charts/episodic_return", episodic_return, step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, step)
+                y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+                var_y = np.var(y_true)
+                explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                scalars = {f"losses/{key}": value for key, value in zip(stats, losses.tolist())}
+                scalars["losses/explained_variance"] = explained_var
+                scalars["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
+                scalars |= {"charts/SPS": sps, "charts/rollout_SPS": rollout_sps}
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, global_step)
+                mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+                eta = (args.total_timesteps - global_step) / max(sps, 1)
+                print(
+                    f"step {global_step}/{args.total_timesteps} | return {mean_return} "
+                    f"| SPS {sps} | ETA {eta:.0f}s",
+                    flush=True,
+                )
+                # (the final evaluation covers the last iteration; under torchrun this one has rank
+                # 0's statistics, merged with the other ranks' at the boundary below)
+                eval_now = args.eval_every > 0 and iteration % args.eval_every == 0
+                if eval_now and iteration < num_iterations:
+                    eval_returns = evaluate(
+                        agent, args.env_id, args.eval_episodes, eval_seed, device, obs_rms
+                    )
+                    writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
+                writer.flush()  # the log on disk reaches this iteration, as far as any checkpoint
+            if checkpointer.end_iteration(iteration, global_step):  # Part 2: True after a signal
+                break
+    envs.close()
+    leave_process_group()  # Part 2: under torchrun, the ranks wait for each other and part
+    checkpointer.exit_if_stopped()  # Part 2: after a signal, prints how to resume and exits
+
+    if rank == 0:  # saving and evaluating the agent
+        if args.save_model:
+            agent_file = {key: checkpointer.state[key] for key in AGENT_KEYS}
+            save_atomically(agent_file, f"{run_dir}/agent.pt")
+            print(f"model saved to {run_dir}/agent.pt")
+        if args.eval_episodes > 0:
+            gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+            eval_returns = evaluate(
+                agent, args.env_id, args.eval_episodes, eval_seed, device, obs_rms, gif_path
+            )
+            writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
+        writer.close()
+    return checkpointer.state
+
+
 def evaluate(
     agent: Agent,
     env_id: str,
     episodes: int,
     seed: int,
     device: torch.device,
+    obs_rms: RunningMeanStd | None = None,
     gif_path: str | None = None,
 ) -> list[float]:
-    """Runs deterministic episodes (the most probable action) on a fresh env; prints and returns
-    their returns. With gif_path, the first episode is written there."""
+    """Runs deterministic episodes (the policy's mode) on a fresh env, normalization statistics
+    frozen; prints and returns their returns. With gif_path, the first episode is written there."""
     env = gym.make(env_id, render_mode="rgb_array") if gif_path else gym.make(env_id)
     episodic_returns, frames = [], []
     for episode in range(episodes):
@@ -239,7 +522,7 @@ def evaluate(
         while not episode_over:
             if gif_path and episode == 0:
                 frames.append(Image.fromarray(env.render()))
-            obs_tensor = torch.tensor(obs[None], dtype=torch.float32, device=device)
+            obs_tensor = normalize_obs(obs[None], obs_rms, device)
             with torch.inference_mode():
                 action = agent.get_deterministic_action(obs_tensor)[0].item()
             obs, reward, terminated, truncated, _ = env.step(action)
@@ -256,9 +539,71 @@ def evaluate(
     return episodic_returns
 
 
+# ---------------------------------------------------------------------------------------------
+# Part 2: long runs and many processes. Everything above is PPO; a first reading can stop here.
+# ---------------------------------------------------------------------------------------------
+
+# agent.pt holds what evaluation needs; checkpoint.pt adds what training needs to continue.
+AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
+CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "return_rms", "iteration", "global_step", "rng")
+# The flags --eval-only takes from the command line; the rest come from the saved run.
+EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda")
+
+
+def main() -> dict:
+    """Checks the command line (bad input exits with one line before any work), then trains."""
+    args = tyro.cli(Args)
+    # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # --resume and --eval-only read a saved run, whose arguments replace the command line's.
+    saved, saved_path = None, args.resume or args.eval_only
+    if saved_path is not None:
+        if os.path.isdir(saved_path):  # a run directory: its checkpoint
+            saved_path = os.path.join(saved_path, "checkpoint.pt")
+        keys = CHECKPOINT_KEYS if args.resume is not None else AGENT_KEYS
+        try:
+            saved = load_checkpoint(saved_path, keys)
+            args = saved_run_args(args, saved["args"])
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+    if (error := args_error(args, world_size)) is not None:
+        sys.exit(f"error: {error}")
+    try:
+        envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
+    except (gym.error.Error, ImportError) as e:
+        sys.exit(f"error: cannot make env {args.env_id!r}: {e}")
+    if (error := spaces_error(args.env_id, envs, saved)) is not None:
+        sys.exit(f"error: {error}")
+
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over
+    # when another process competes for the cores.
+    torch.set_num_threads(1)
+    use_cuda = torch.cuda.is_available() and args.cuda
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # this process's GPU on its machine
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if args.eval_only is not None:  # the saved agent, evaluated as its run evaluated it
+        agent = Agent(envs).to(device)
+        obs_rms = RunningMeanStd(envs.single_observation_space.shape) if args.norm_obs else None
+        load_states(saved, {"model": agent, "obs_rms": obs_rms})
+        gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+        seed = args.seed + args.num_envs
+        evaluate(agent, args.env_id, args.eval_episodes, seed, device, obs_rms, gif_path)
+        sys.exit(0)
+    if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
+        if use_cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
+    if saved is not None:  # the same run directory; TensorBoard steps continue
+        return train(args, envs, device, os.path.dirname(saved_path), saved)
+    run_dir = [f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"]
+    if world_size > 1:  # rank 0's name (the ranks may start in different seconds)
+        dist.broadcast_object_list(run_dir, src=0)
+    return train(args, envs, device, run_dir[0], saved)
+
+
 def args_error(args: Args, world_size: int = 1) -> str | None:
-    """The first reason the sizes and hyperparameters cannot make a run on world_size processes
-    (torchrun's), or None."""
+    """The first reason these arguments cannot make a run of world_size processes, or None."""
     sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
     for name in (*sizes, "learning_rate", "clip_coef"):
         value = getattr(args, name)
@@ -299,8 +644,9 @@ def args_error(args: Args, world_size: int = 1) -> str | None:
     return None
 
 
-def spaces_error(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> str | None:
-    """The first reason this script cannot learn on these spaces, or None."""
+def spaces_error(env_id: str, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
+    """The first reason this script or the saved run cannot act in the envs' spaces, or None."""
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
     if not isinstance(action_space, gym.spaces.Discrete):
         return (
             f"{env_id} has a {type(action_space).__name__} action space; "
@@ -311,7 +657,14 @@ def spaces_error(env_id: str, observation_space: gym.Space, action_space: gym.Sp
             f"{env_id} has observation space {observation_space}; the MLP takes a 1-D Box "
             "(wrap the env with gymnasium.wrappers.FlattenObservation)"
         )
+    if saved is not None and saved["spaces"] != spaces_of(envs):
+        return f"the saved run is for spaces {saved['spaces']}; {env_id} has {spaces_of(envs)}"
     return None
+
+
+def spaces_of(envs: gym.vector.VectorEnv) -> list[str]:
+    """The observation and action spaces, saved with the model and checked when it is loaded."""
+    return [str(envs.single_observation_space), str(envs.single_action_space)]
 
 
 def saved_run_args(args: Args, saved_args: dict) -> Args:
@@ -361,40 +714,15 @@ def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
     return checkpoint
 
 
-def rng_states() -> dict:
-    """The python, numpy and torch random generators' states, in types weights_only loads."""
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-
-
-def set_rng_states(states: dict) -> None:
-    """Restores what rng_states() returned."""
-    numpy_state = copy.deepcopy(states["numpy"])
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy().astype(np.uint32)
-    random.setstate(states["python"])
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(states["torch"])
-
-
-def training_state(
-    run: dict,
-    agent: Agent,
-    optimizer: torch.optim.Optimizer,
-    iteration: int,
-    global_step: int,
-) -> dict:
-    """A checkpoint: `run` (script, args, spaces) and a copy, not references, of everything that
-    training changes, at an iteration boundary. The envs are not in it: see `--resume`."""
-    return {
-        **run,
-        "model": copy.deepcopy(agent.state_dict()),
-        "obs_rms": None,  # no observation normalization here, as in ppo_continuous.py without it
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "iteration": iteration,
-        "global_step": global_step,
-        "rng": rng_states(),
-    }
+def load_states(saved: dict, objects: dict) -> None:
+    """Loads each saved state dict into the object of its name; exits with one line if it misfits."""
+    for name, obj in objects.items():
+        try:
+            if obj is not None:
+                obj.load_state_dict(saved[name])
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0]
+            sys.exit(f"error: the saved {name} does not fit this script's network: {reason}")
 
 
 def save_atomically(checkpoint: dict, path: str) -> None:
@@ -407,15 +735,123 @@ def save_atomically(checkpoint: dict, path: str) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def first_nonfinite_env(observations: np.ndarray, rewards: np.ndarray) -> int | None:
-    """The index of the first env whose observation or reward is NaN or infinite, or None."""
-    finite = np.isfinite(observations).reshape(len(rewards), -1).all(axis=1) & np.isfinite(rewards)
-    return None if finite.all() else int(np.argmin(finite))
+def tensorboard_writer(args: Args, run_dir: str, saved: dict | None) -> SummaryWriter:
+    """A new run logs its hyperparameters; a resumed one hides what its stopped process logged
+    after the checkpoint (purge_step), so that each step is logged once."""
+    if saved is not None:
+        return SummaryWriter(run_dir, purge_step=saved["global_step"] + 1)
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    return writer
 
 
-# torchrun runs this script in K processes (ranks 0..K-1), each with num_envs / K envs. These
-# helpers are what they share; each must be called by every rank at the same point, since a
-# collective waits for all of them. In a single process they return their input.
+class Checkpointer:
+    """Keeps a run whole at its iteration boundaries. `state`, the last one's training state (all
+    that training changes, and the random generators; not the envs: see --resume), is written by
+    rank 0 to checkpoint.pt every checkpoint_every iterations and on leaving `with checkpointer:`,
+    however training ends. Within `with`, Ctrl-C or SIGTERM stop training at the next boundary."""
+
+    def __init__(self, args: Args, envs: gym.vector.VectorEnv, run_dir: str, trained: dict) -> None:
+        self.run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces_of(envs)}
+        self.trained = trained  # what training changes, by its name in the file
+        self.run_dir, self.every = run_dir, args.checkpoint_every
+        self.path = f"{run_dir}/checkpoint.pt"
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.launcher = "torchrun [its flags as before]" if dist.is_initialized() else "python"
+        self.signal = self.stopped_by = None  # this rank's first signal; any rank's
+        self.state = self.training_state(0, 0)
+
+    def resume(self, saved: dict | None) -> tuple[int, int]:
+        """Loads --resume's checkpoint (rank 0's generators: other ranks seed theirs anew); returns
+        its iteration and global step, (0, 0) for a new run."""
+        if saved is None:
+            return 0, 0
+        load_states(saved, self.trained)
+        if self.rank == 0:
+            numpy_rng = copy.deepcopy(saved["rng"]["numpy"])
+            numpy_rng["state"]["key"] = numpy_rng["state"]["key"].numpy().astype(np.uint32)
+            random.setstate(saved["rng"]["python"])
+            np.random.set_state(numpy_rng)
+            torch.set_rng_state(saved["rng"]["torch"])
+        else:
+            torch.manual_seed(saved["args"]["seed"] + self.rank + saved["global_step"])
+            np.random.seed(saved["args"]["seed"] + self.rank + saved["global_step"])
+        self.state = self.training_state(saved["iteration"], saved["global_step"])
+        return saved["iteration"], saved["global_step"]
+
+    def training_state(self, iteration: int, global_step: int) -> dict:
+        """The run (script, args, spaces), a copy of what training changes, and the generators."""
+        state = {**self.run, "iteration": iteration, "global_step": global_step}
+        for name, obj in self.trained.items():
+            state[name] = None if obj is None else copy.deepcopy(obj.state_dict())
+        numpy_rng = np.random.get_state(legacy=False)
+        numpy_rng["state"]["key"] = torch.from_numpy(numpy_rng["state"]["key"].astype(np.int64))
+        state["rng"] = {
+            "python": random.getstate(),
+            "numpy": numpy_rng,
+            "torch": torch.get_rng_state(),
+        }
+        return state
+
+    def __enter__(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    def __exit__(self, *exc_info: object) -> None:  # done, a signal, or an error
+        if self.rank == 0:
+            save_atomically(self.state, self.path)
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        """The signal handler. The default handlers come back, so a second signal ends the process
+        at once; the checkpoint on disk stays whole, since it is only ever replaced atomically."""
+        self.signal = signum
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def end_iteration(self, iteration: int, global_step: int) -> bool:
+        """The boundary after `iteration`: merges the ranks' statistics, keeps the state (and
+        writes it every checkpoint_every iterations); True if a signal reached any rank."""
+        sync_statistics_over_ranks(self.state, self.trained["obs_rms"], self.trained["return_rms"])
+        self.state = self.training_state(iteration, global_step)
+        if self.rank == 0 and self.every > 0 and iteration % self.every == 0:
+            save_atomically(self.state, self.path)
+        self.stopped_by = stop_on_any_rank(self.signal)
+        return self.stopped_by is not None
+
+    def exit_if_stopped(self) -> None:
+        """After a signal stopped training: prints the command that resumes, exits 128 + signal."""
+        if self.stopped_by is not None:
+            if self.rank == 0:
+                print(
+                    f"stopped by {signal.Signals(self.stopped_by).name} after iteration "
+                    f"{self.state['iteration']}; resume with: {self.launcher} {sys.argv[0]} "
+                    f"--resume {self.run_dir}"
+                )
+            sys.exit(128 + self.stopped_by)
+
+
+def stop_if_nonfinite_env(obs: np.ndarray, rewards: np.ndarray, step: int, path: str) -> None:
+    """Exits with one line if an env returned a NaN or infinite observation or reward."""
+    finite = np.isfinite(obs).reshape(len(rewards), -1).all(axis=1) & np.isfinite(rewards)
+    if not finite.all():
+        sys.exit(
+            f"error: env {int(np.argmin(finite))} returned a non-finite observation or reward at "
+            f"global step {step}; the last good state is in {path}"
+        )
+
+
+def stop_if_nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, path: str) -> None:
+    """Exits with one line if the loss or the gradient is NaN or infinite, before the step."""
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        sys.exit(
+            f"error: non-finite loss or gradient at global step {step}; "
+            f"the last good state is in {path}"
+        )
+
+
+# torchrun runs this script in K processes (ranks 0..K-1), each with num_envs / K envs. Every rank
+# calls these at the same point (a collective waits for all); one process needs none of it.
 
 
 def gather_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -436,19 +872,10 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
-def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
-    """A minibatch's advantages, (minibatch_size,), shifted and scaled to mean 0 and std 1 by the
-    statistics of the whole minibatch: under torchrun, of all ranks' parts of it."""
-    all_advantages = gather_ranks(advantages)
-    return (advantages - all_advantages.mean()) / (all_advantages.std() + EPSILON)
-
-
 def mean_gradients_over_ranks(agent: nn.Module) -> None:
-    """Replaces each parameter's gradient by its mean over the ranks. Each rank's loss is the mean
-    over its part of the minibatch, so the mean gradient is the gradient of the whole minibatch's
-    loss; all ranks then take the same step and their parameters stay identical. One all_reduce of
-    all the gradients, flattened: DDP would do the same inside backward(), but only for calls
-    through its wrapper's forward(), and it would hide this step of the math."""
+    """Replaces each gradient by its mean over the ranks: as each rank's loss is the mean over its
+    part of the minibatch, that is the whole minibatch's gradient, and all ranks take the same step.
+    (DDP would do this in backward(), but only for calls through its forward(); and hide it.)"""
     if not dist.is_initialized():
         return
     grads = [param.grad for param in agent.parameters()]
@@ -457,9 +884,37 @@ def mean_gradients_over_ranks(agent: nn.Module) -> None:
         grad.copy_(mean.view_as(grad))
 
 
+def broadcast_parameters(agent: nn.Module) -> None:
+    """Every rank takes rank 0's parameters."""
+    if dist.is_initialized():
+        for param in agent.parameters():
+            dist.broadcast(param.data, src=0)
+
+
+def sync_statistics_over_ranks(
+    boundary: dict, obs_rms: RunningMeanStd | None, return_rms: RunningMeanStd | None
+) -> None:
+    """In a rollout each rank updates the statistics from its own envs. `boundary` (the last
+    training state) holds those all ranks agreed on; each rank's additions since (the merge undone)
+    are gathered and merged into them, as if one process had stepped all the envs."""
+    for rms, agreed in ((obs_rms, boundary["obs_rms"]), (return_rms, boundary["return_rms"])):
+        if rms is None or not dist.is_initialized():
+            continue
+        agreed_mean, agreed_var = agreed["mean"].numpy(), agreed["var"].numpy()
+        agreed_count = agreed["count"].item()
+        count = rms.count - agreed_count
+        mean = (rms.count * rms.mean - agreed_count * agreed_mean) / count
+        m2 = rms.count * rms.var - agreed_count * agreed_var
+        m2 = m2 - (mean - agreed_mean) ** 2 * agreed_count * count / rms.count
+        counts = gather_ranks(torch.tensor([count], dtype=torch.float64))  # (K,)
+        moments = gather_ranks(torch.from_numpy(np.stack([mean, m2 / count]))[None])
+        rms.load_state_dict(agreed)
+        for count, (mean, var) in zip(counts.tolist(), moments.numpy()):  # (K, 2, *shape)
+            rms.merge(mean, var, count)
+
+
 def stop_on_any_rank(signum: int | None) -> int | None:
-    """The signal that any rank received, or None: all ranks stop after the same iteration, since
-    one that stopped alone would leave the others waiting forever in their next collective."""
+    """The signal any rank received, or None: a rank that stopped alone would hang the others."""
     if not dist.is_initialized():
         return signum
     agreed = torch.tensor(signum or 0)
@@ -467,347 +922,12 @@ def stop_on_any_rank(signum: int | None) -> int | None:
     return int(agreed) or None
 
 
-stop_signal: int | None = None  # set by the first SIGINT or SIGTERM during training
-
-
-def request_stop(signum: int, frame: object) -> None:
-    """Training stops at the end of the current iteration and saves it. The default handlers come
-    back, so a second signal ends the process at once; the checkpoint on disk stays whole, since it
-    is only ever replaced atomically."""
-    global stop_signal  # a signal handler reaches the training loop only through a global
-    stop_signal = signum
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def leave_process_group() -> None:
+    """Under torchrun: without a barrier first, a rank that left early could abort in teardown."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
-    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    # --resume and --eval-only read a saved run, whose arguments replace the command line's.
-    saved, saved_path = None, args.resume or args.eval_only
-    if saved_path is not None:
-        if os.path.isdir(saved_path):  # a run directory: its checkpoint
-            saved_path = os.path.join(saved_path, "checkpoint.pt")
-        keys = CHECKPOINT_KEYS if args.resume is not None else AGENT_KEYS
-        try:
-            saved = load_checkpoint(saved_path, keys)
-            args = saved_run_args(args, saved["args"])
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-    if (error := args_error(args, world_size)) is not None:
-        sys.exit(f"error: {error}")
-    num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
-    # This process's envs and its share of each batch and minibatch (all of them in one process).
-    num_envs = args.num_envs // world_size
-    batch_size = num_envs * args.num_steps
-    minibatch_size = batch_size // args.num_minibatches
-
-    # §7 vector envs. SAME_STEP autoreset: a step that ends an episode returns the next episode's
-    # first observation, and the true last one in infos["final_obs"]; no step spans two episodes.
-    # Both vector env classes work the same way.
-    vector_env = (
-        gym.vector.AsyncVectorEnv if args.vector_mode == "async" else gym.vector.SyncVectorEnv
-    )
-    try:
-        envs = vector_env(
-            [make_env(args.env_id) for _ in range(num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
-    except (gym.error.Error, ImportError) as e:
-        sys.exit(f"error: cannot make env {args.env_id!r}: {e}")
-    observation_space, action_space = envs.single_observation_space, envs.single_action_space
-    if (error := spaces_error(args.env_id, observation_space, action_space)) is not None:
-        sys.exit(f"error: {error}")
-    spaces = [str(observation_space), str(action_space)]  # saved with the model, checked on load
-    if saved is not None and saved["spaces"] != spaces:
-        sys.exit(f"error: {saved_path} is for spaces {saved['spaces']}; {args.env_id} has {spaces}")
-
-    # Rank r seeds with seed + r: its action noise and minibatch order are its own.
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over
-    # when another process competes for the cores.
-    torch.set_num_threads(1)
-    use_cuda = torch.cuda.is_available() and args.cuda
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # this process's GPU on its machine
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if world_size > 1:
-        # gloo carries CPU tensors, nccl CUDA ones; torchrun's variables say where rank 0 is.
-        if use_cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
-
-    agent = Agent(envs).to(device)
-    # §8.4 Adam; fused=True runs its update of all parameters as one kernel, much faster here.
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
-    if saved is not None:
-        try:
-            agent.load_state_dict(saved["model"])
-            if args.resume is not None:
-                optimizer.load_state_dict(saved["optimizer"])
-                # The checkpoint holds rank 0's generators; the others seed those training draws from
-                # anew.
-                if rank == 0:
-                    set_rng_states(saved["rng"])
-                else:
-                    torch.manual_seed(args.seed + rank + saved["global_step"])
-                    np.random.seed(args.seed + rank + saved["global_step"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            reason = str(e).strip().splitlines()[0]
-            sys.exit(f"error: {saved_path} does not fit this script's network: {reason}")
-    if world_size > 1:  # every rank starts from rank 0's parameters
-        for param in agent.parameters():
-            dist.broadcast(param.data, src=0)
-
-    # Evaluation runs on a fresh env seeded past the training envs' seeds.
-    eval_seed = args.seed + args.num_envs
-    gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
-    if args.eval_only is not None:
-        evaluate(agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path)
-        sys.exit(0)
-
-    if args.resume is not None:  # the same run directory; TensorBoard steps continue
-        run_dir = os.path.dirname(saved_path)
-        start_iteration, global_step = saved["iteration"], saved["global_step"]
-    else:
-        run_dir = f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        start_iteration, global_step = 0, 0
-    if world_size > 1:  # rank 0's name (the ranks may start in different seconds)
-        run_dirs = [run_dir]
-        dist.broadcast_object_list(run_dirs, src=0)
-        run_dir = run_dirs[0]
-    if rank == 0:  # rank 0 alone logs, saves and evaluates; the others only train
-        # purge_step hides the points an interrupted process logged after its last checkpoint,
-        # so that a resumed run logs each step once.
-        purge_step = global_step + 1 if args.resume is not None else None
-        writer = SummaryWriter(run_dir, purge_step=purge_step)
-        if args.resume is None:
-            hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-            writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
-    checkpoint_path = f"{run_dir}/checkpoint.pt"
-    run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces}
-
-    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...)
-    obs = torch.zeros((args.num_steps, num_envs) + observation_space.shape, device=device)
-    actions = torch.zeros((args.num_steps, num_envs) + action_space.shape, device=device)
-    logprobs = torch.zeros((args.num_steps, num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, num_envs), device=device)
-    terminations = torch.zeros((args.num_steps, num_envs), device=device)
-    truncations = torch.zeros((args.num_steps, num_envs), device=device)
-    values = torch.zeros((args.num_steps, num_envs), device=device)
-    # V(final_obs) at the steps that truncated an episode (other entries are never read)
-    final_values = torch.zeros((args.num_steps, num_envs), device=device)
-
-    start_time, start_step = time.time(), global_step
-    recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
-    # (num_envs, obs_dim). Env j of rank r is env i = r * num_envs + j of all args.num_envs, seeded
-    # seed + i + global_step: the seeds of one process running them all. The envs' states are not
-    # in a checkpoint: a resumed run starts new episodes (global_step > 0 gives them new seeds).
-    next_obs_raw, _ = envs.reset(seed=args.seed + rank * num_envs + global_step)
-    next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
-
-    # The state at the last iteration boundary, written however training ends.
-    checkpoint = training_state(run, agent, optimizer, start_iteration, global_step)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    stopped_by = None  # the signal that stopped training, on any rank
-    try:
-        for iteration in range(start_iteration + 1, num_iterations + 1):
-            if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
-                frac = 1.0 - (iteration - 1.0) / num_iterations
-                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
-
-            # §9.1 phase 1: rollout collection
-            rollout_start = time.time()
-            for step in range(args.num_steps):
-                global_step += args.num_envs  # all ranks' steps
-                obs[step] = next_obs
-                with torch.inference_mode():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs)
-                values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
-
-                next_obs_raw, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-                if (bad_env := first_nonfinite_env(next_obs_raw, reward)) is not None:
-                    sys.exit(
-                        f"error: env {bad_env} returned a non-finite observation or reward at "
-                        f"global step {global_step}; the last good state is in {checkpoint_path}"
-                    )
-                rewards[step] = torch.as_tensor(reward, device=device)
-                terminations[step] = torch.as_tensor(terminated, device=device)
-                truncations[step] = torch.as_tensor(truncated, device=device)
-                next_obs = torch.tensor(next_obs_raw, dtype=torch.float32, device=device)
-
-                # A time limit cut these episodes; the MDP did not end them. Bootstrap from the
-                # value of each one's true last observation.
-                if truncated.any():
-                    truncated_envs = np.flatnonzero(truncated)
-                    # (num_truncated, obs_dim)
-                    final_obs = np.stack(infos["final_obs"][truncated_envs])
-                    final_obs = torch.tensor(final_obs, dtype=torch.float32, device=device)
-                    with torch.inference_mode():
-                        final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
-
-                # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
-                # Rank 0 logs its own envs' episodes: a sample of all of them.
-                if rank == 0 and "episode" in infos.get("final_info", {}):
-                    episode = infos["final_info"]["episode"]
-                    for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                        recent_returns.append(float(episode["r"][i]))
-                        writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
-                        writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
-
-            # env steps per second while collecting (all ranks'): the env's cost plus the policy's
-            rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
-
-            # §9.1 phase 2: advantages and returns
-            with torch.inference_mode():
-                next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
-            # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
-            # after the last step, and V(final_obs) where the episode was truncated.
-            next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
-            next_values = torch.where(truncations.bool(), final_values, next_values)
-            advantages = compute_gae(
-                rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
-            )  # (num_steps, num_envs)
-            returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
-
-            # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
-            b_obs = obs.reshape((-1,) + observation_space.shape)
-            b_actions = actions.reshape((-1,) + action_space.shape)
-            b_logprobs = logprobs.reshape(-1)
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
-            b_values = values.reshape(-1)
-
-            # §9.1 phase 3: update_epochs passes over shuffled minibatches
-            stats = defaultdict(list)  # each minibatch's figures (tensors), averaged for the log
-            kl_exceeded = False
-            for epoch in range(args.update_epochs):
-                b_inds = np.random.permutation(batch_size)
-                for start in range(0, batch_size, minibatch_size):
-                    mb_inds = b_inds[start : start + minibatch_size]
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                        b_obs[mb_inds], b_actions[mb_inds]
-                    )
-                    logratio = newlogprob - b_logprobs[mb_inds]
-                    ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s)
-
-                    mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:
-                        mb_advantages = normalize_advantages(mb_advantages)
-
-                    pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
-                    v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
-                    v_loss = value_loss(
-                        newvalue.flatten(), b_values[mb_inds], b_returns[mb_inds], v_clip
-                    )
-                    entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
-                    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss  # §6
-
-                    with torch.no_grad():
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
-                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-                    minibatch_stats = {
-                        "policy_loss": pg_loss,
-                        "value_loss": v_loss,
-                        "entropy": entropy_loss,
-                        "old_approx_kl": old_approx_kl,
-                        "approx_kl": approx_kl,
-                        "clipfrac": clipfrac,
-                    }
-                    for key, value in minibatch_stats.items():
-                        stats[key].append(value.detach())
-                    # (the ranks' mean: all of them must stop at the same minibatch)
-                    if args.target_kl is not None and mean_over_ranks(approx_kl) > args.target_kl:
-                        kl_exceeded = True  # stop before this minibatch moves the policy further
-                        break
-
-                    optimizer.zero_grad()
-                    loss.backward()
-                    mean_gradients_over_ranks(agent)  # the whole minibatch's gradient
-                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # before the step
-                        sys.exit(
-                            f"error: non-finite loss or gradient at global step {global_step}; "
-                            f"the last good state is in {checkpoint_path}"
-                        )
-                    optimizer.step()
-                if kl_exceeded:
-                    break
-
-            # §10 diagnostics; the losses are averaged over every minibatch of this iteration and
-            # over the ranks, the explained variance is rank 0's batch's
-            losses = mean_over_ranks(torch.stack([torch.stack(h).mean() for h in stats.values()]))
-            if rank == 0:
-                y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-                var_y = np.var(y_true)
-                explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-                sps = int((global_step - start_step) / (time.time() - start_time))
-                writer.add_scalar(
-                    "charts/learning_rate", optimizer.param_groups[0]["lr"], global_step
-                )
-                for key, value in zip(stats, losses.tolist()):
-                    writer.add_scalar(f"losses/{key}", value, global_step)
-                writer.add_scalar("losses/explained_variance", explained_var, global_step)
-                writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/rollout_SPS", rollout_sps, global_step)
-                mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-                eta = (args.total_timesteps - global_step) / max(sps, 1)
-                print(
-                    f"step {global_step}/{args.total_timesteps} | return {mean_return} "
-                    f"| SPS {sps} | ETA {eta:.0f}s",
-                    flush=True,
-                )
-                # (the evaluation after training covers the last iteration)
-                if (
-                    args.eval_every > 0
-                    and iteration % args.eval_every == 0
-                    and iteration < num_iterations
-                ):
-                    eval_returns = evaluate(
-                        agent, args.env_id, args.eval_episodes, eval_seed, device
-                    )
-                    writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
-            checkpoint = training_state(run, agent, optimizer, iteration, global_step)
-            if rank == 0 and args.checkpoint_every > 0 and iteration % args.checkpoint_every == 0:
-                save_atomically(checkpoint, checkpoint_path)
-                writer.flush()  # the log on disk reaches at least as far as the checkpoint
-            stopped_by = stop_on_any_rank(stop_signal)
-            if stopped_by is not None:
-                break
-    finally:  # done, a signal, or an error: keep the last boundary and every logged point
-        if rank == 0:
-            save_atomically(checkpoint, checkpoint_path)
-            writer.flush()
-    envs.close()
-    if world_size > 1:
-        # Every rank is done with the others' data: without this barrier, a rank that left first
-        # sometimes aborted in gloo's teardown.
-        dist.barrier()
-        dist.destroy_process_group()
-    if stopped_by is not None:
-        if rank == 0:
-            launcher = "python" if world_size == 1 else "torchrun [its flags as before]"
-            print(
-                f"stopped by {signal.Signals(stopped_by).name} after iteration "
-                f"{checkpoint['iteration']}; resume with: {launcher} {sys.argv[0]} --resume {run_dir}"
-            )
-        sys.exit(128 + stopped_by)
-
-    if rank == 0:  # saving and evaluating the agent
-        if args.save_model:
-            save_atomically({key: checkpoint[key] for key in AGENT_KEYS}, f"{run_dir}/agent.pt")
-            print(f"model saved to {run_dir}/agent.pt")
-
-        if args.eval_episodes > 0:
-            eval_returns = evaluate(
-                agent, args.env_id, args.eval_episodes, eval_seed, device, gif_path
-            )
-            writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
-        writer.close()
+    main()

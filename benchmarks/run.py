@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import matplotlib
 import numpy as np
 import torch
@@ -84,10 +83,7 @@ def tensorboard_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
 
 def raw_steps_per_second(env_id: str, num_envs: int, steps: int = 20_000) -> float:
     """Random actions through the scripts' vector env (SAME_STEP autoreset, episode stats)."""
-    envs = gym.vector.SyncVectorEnv(
-        [ppo_continuous.make_env(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    envs = ppo_continuous.make_envs(env_id, num_envs, "sync")
     envs.reset(seed=0)
     envs.action_space.seed(0)
     actions = [envs.action_space.sample() for _ in range(steps // num_envs)]

@@ -32,10 +32,8 @@ def evaluate_sb3(model: PPO, script, args, episodes: int) -> list[float]:
     env = model.get_env()
     agent = SB3Agent(model, env if isinstance(env, VecNormalize) else None)
     eval_seed = args.seed + args.num_envs
-    evaluate_args = (agent, args.env_id, episodes, eval_seed, torch.device("cpu"))
-    if script.__name__ == "ppo_continuous":
-        evaluate_args += (None,)  # SB3Agent normalizes observations itself, with SB3's statistics
-    return script.evaluate(*evaluate_args)
+    # obs_rms None: SB3Agent normalizes observations itself, with SB3's statistics
+    return script.evaluate(agent, args.env_id, episodes, eval_seed, torch.device("cpu"), None)
 
 
 class SB3Agent:
@@ -90,7 +88,7 @@ def main() -> None:
     torch.set_num_threads(1)  # as the scripts do: equal CPU use
 
     env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed)
-    if script.__name__ == "ppo_continuous":
+    if args.norm_obs or args.norm_reward:
         env = VecNormalize(
             env,
             norm_obs=args.norm_obs,

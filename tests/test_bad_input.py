@@ -75,8 +75,7 @@ def test_help_lists_the_documented_flags(tmp_path, script):
     result = run_cli(tmp_path, script, "--help")
     assert result.returncode == 0
     assert "--target-kl" in result.stdout and "approximate KL" in result.stdout
-    if script == "ppo_continuous.py":
-        assert "--no-norm-obs" in result.stdout and "--no-norm-reward" in result.stdout
+    assert "--norm-obs" in result.stdout and "--norm-reward" in result.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

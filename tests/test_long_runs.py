@@ -119,7 +119,8 @@ def test_a_second_signal_exits_at_once_and_leaves_a_whole_checkpoint(tmp_path):
     assert process.returncode in (128 + signal.SIGINT, -signal.SIGINT)
     assert "Traceback" not in stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert load(run_dir / "checkpoint.pt")["iteration"] >= 3
+    # (an iteration prints its progress line just before its boundary is checkpointed)
+    assert load(run_dir / "checkpoint.pt")["iteration"] >= 2
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(tmp_path):
@@ -271,8 +272,7 @@ def test_resume_and_eval_only_refuse_flags_they_would_ignore(saved_runs, tmp_pat
 def test_eval_only_repeats_the_evaluation_at_the_end_of_training(
     run_script, tmp_path, capsys, script
 ):
-    norm_obs = ["--norm-obs"] if script == "ppo_continuous.py" else []
-    run_dir = run_script(script, *TINY, *norm_obs, "--save-model")
+    run_dir = run_script(script, *TINY, "--norm-obs", "--save-model")
     logged_eval = scalars(run_dir)["eval/episodic_return"][0]
     eval_flags = ["--eval-episodes", "2", "--capture-gif"]  # TINY's 2 episodes, and a GIF
     for saved in (run_dir / "agent.pt", run_dir / "checkpoint.pt", run_dir):

@@ -174,28 +174,40 @@ def test_value_loss_case_by_case(module, new, old, ret):
     assert module.value_loss(new_t, old_t, ret_t, EPS).item() == pytest.approx(expected)
 
 
-def test_running_mean_std_matches_numpy_over_the_whole_stream():
-    from ppo_continuous import RunningMeanStd
-
+@pytest.mark.parametrize("module", MODULES)
+def test_running_mean_std_matches_numpy_over_the_whole_stream(module):
     rng = np.random.default_rng(0)
     batches = [rng.normal(3.0, 2.0, size=(n, 3)) for n in (1, 7, 64, 5)]
-    rms = RunningMeanStd((3,))
+    rms = module.RunningMeanStd((3,))
     for batch in batches:
         rms.update(batch)
     everything = np.concatenate(batches)
     np.testing.assert_allclose(rms.mean, everything.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(rms.var, everything.var(axis=0), rtol=1e-6)
+    assert rms.count == pytest.approx(len(everything))
 
 
-def test_normalize_obs_standardizes_and_clips():
-    from ppo_continuous import NORM_CLIP, RunningMeanStd, normalize_obs
+@pytest.mark.parametrize("module", MODULES)
+def test_running_mean_std_state_round_trips_exactly(module):
+    """A count past float32's exact integers (2^24) survives a checkpoint."""
+    rms = module.RunningMeanStd((2,))
+    rms.merge(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 2**24 + 1)
+    restored = module.RunningMeanStd((2,))
+    restored.load_state_dict(rms.state_dict())
+    assert restored.count == rms.count
+    np.testing.assert_array_equal(restored.mean, rms.mean)
+    np.testing.assert_array_equal(restored.var, rms.var)
 
-    rms = RunningMeanStd((2,))
+
+@pytest.mark.parametrize("module", MODULES)
+def test_normalize_obs_standardizes_and_clips(module):
+    rms = module.RunningMeanStd((2,))
     rms.update(np.array([[0.0, 10.0], [2.0, 30.0]]))  # mean (1, 20), std (1, 10)
     obs = np.array([[2.0, 0.0], [1.0, 1e6]])
-    expected = np.array([[1.0, -2.0], [0.0, NORM_CLIP]])
-    np.testing.assert_allclose(normalize_obs(obs, rms), expected, atol=1e-6)
-    assert normalize_obs(obs, None) is obs
+    expected = torch.tensor([[1.0, -2.0], [0.0, module.NORM_CLIP]])
+    cpu = torch.device("cpu")
+    torch.testing.assert_close(module.normalize_obs(obs, rms, cpu), expected)
+    torch.testing.assert_close(module.normalize_obs(obs, None, cpu), torch.tensor(obs).float())
 
 
 def agent_for(module, observation_space, action_space, **agent_kwargs) -> torch.nn.Module:

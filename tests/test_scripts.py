@@ -40,9 +40,8 @@ def load_agent(script: str, env_id: str, checkpoint: dict, **agent_kwargs) -> to
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_tiny_run_logs_saves_and_records(run_script, script):
-    # ppo_continuous.py normalizes observations on request: the statistics must travel with the model.
-    norm_obs = ["--norm-obs"] if script == "ppo_continuous.py" else []
-    run_dir = run_script(script, *TINY, *norm_obs, "--save-model", "--capture-gif")
+    # Observations normalized on request: the statistics must travel with the model.
+    run_dir = run_script(script, *TINY, "--norm-obs", "--save-model", "--capture-gif")
 
     logged = scalars(run_dir)
     assert REQUIRED_TAGS <= logged.keys()
@@ -52,17 +51,17 @@ def test_tiny_run_logs_saves_and_records(run_script, script):
     assert checkpoint["args"]["env_id"] == DEFAULT_ENV[script]
     agent = load_agent(script, DEFAULT_ENV[script], checkpoint)
     module = import_script(script)
-    eval_args = (agent, DEFAULT_ENV[script], 2, 1 + 2, torch.device("cpu"))  # seed + num_envs
-    if script == "ppo_continuous.py":
-        assert checkpoint["obs_rms"]["mean"].shape == (3,)  # Pendulum's observation
-        assert checkpoint["obs_rms"]["count"] > 512  # every observation of the run
-        obs_rms = module.RunningMeanStd()
-        obs_rms.load_state_dict(checkpoint["obs_rms"])
-        eval_args += (obs_rms,)
-    else:
-        assert checkpoint["obs_rms"] is None
+    obs_dim = {"ppo_continuous.py": 3, "ppo_discrete.py": 4}[script]  # Pendulum's, CartPole's
+    assert checkpoint["obs_rms"]["mean"].shape == (obs_dim,)
+    assert checkpoint["obs_rms"]["count"] > 512  # every observation of the run
+    obs_rms = module.RunningMeanStd()
+    obs_rms.load_state_dict(checkpoint["obs_rms"])
     # The saved agent, with its saved normalization, evaluates exactly as it did after training.
-    eval_return = sum(module.evaluate(*eval_args)) / 2
+    seed = 1 + 2  # seed + num_envs
+    eval_returns = module.evaluate(
+        agent, DEFAULT_ENV[script], 2, seed, torch.device("cpu"), obs_rms
+    )
+    eval_return = sum(eval_returns) / 2
     assert eval_return == pytest.approx(logged["eval/episodic_return"][0], rel=1e-5)
 
     gif = Image.open(run_dir.parent.parent / "gifs" / f"{DEFAULT_ENV[script]}.gif")
@@ -71,7 +70,7 @@ def test_tiny_run_logs_saves_and_records(run_script, script):
 
 OPTIONAL_FLAGS = {
     "ppo_continuous.py": ["--clip-vloss", "--norm-obs", "--no-norm-reward", "--no-anneal-lr"],
-    "ppo_discrete.py": ["--clip-vloss", "--no-norm-adv", "--no-anneal-lr"],
+    "ppo_discrete.py": ["--clip-vloss", "--no-norm-adv", "--no-anneal-lr", "--norm-reward"],
 }
 
 
@@ -130,8 +129,7 @@ def test_learned_value_of_a_time_limited_env_is_the_infinite_horizon_value(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_cuda_run_logs_and_saves_an_agent_that_loads_on_the_cpu(run_script, script):
-    norm_obs = ["--norm-obs"] if script == "ppo_continuous.py" else []
-    run_dir = run_script(script, *TINY, *norm_obs, "--cuda", "--save-model")
+    run_dir = run_script(script, *TINY, "--norm-obs", "--cuda", "--save-model")
     assert REQUIRED_TAGS <= scalars(run_dir).keys()
     checkpoint = torch.load(run_dir / "agent.pt", map_location="cpu", weights_only=True)
     agent = load_agent(script, DEFAULT_ENV[script], checkpoint)

@@ -5,7 +5,7 @@ process's brute-force figures:
   (advantages by normalize_advantages) and averages the gradients (mean_gradients_over_ranks):
   the whole minibatch's gradient;
 - statistics.pt: each rank updates a RunningMeanStd with its own data (rank_data) and the ranks
-  call sync_ranks after each round: the mean and variance of all ranks' data."""
+  call sync_statistics_over_ranks after each round: the mean and variance of all ranks' data."""
 
 import sys
 from pathlib import Path
@@ -23,6 +23,7 @@ from ppo_continuous import (
     clipped_surrogate_loss,
     mean_gradients_over_ranks,
     normalize_advantages,
+    sync_statistics_over_ranks,
     value_loss,
 )
 
@@ -77,9 +78,10 @@ if __name__ == "__main__":
     gradient = loss_gradient(agent(), part)
     statistics = RunningMeanStd((OBS_DIM,))
     for round_ in range(ROUNDS):
+        boundary = {"obs_rms": statistics.state_dict(), "return_rms": None}  # as all ranks agreed
         for batch in rank_data(rank, round_):
             statistics.update(batch)
-        statistics.sync_ranks()
+        sync_statistics_over_ranks(boundary, statistics, None)
     if rank == 0:
         torch.save(gradient, "gradient.pt")
         torch.save(statistics.state_dict(), "statistics.pt")

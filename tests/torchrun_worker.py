@@ -10,9 +10,6 @@ import torch
 
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
-namespace = runpy.run_path(script, run_name="__main__")  # the script's globals when it ends
-state = {"model": namespace["agent"].state_dict()}
-for name in ("obs_rms", "return_rms"):  # ppo_continuous.py's, when they are on
-    if namespace.get(name) is not None:
-        state[name] = namespace[name].state_dict()
-torch.save(state, f"rank{os.environ['RANK']}.pt")
+state = runpy.run_path(script)["main"]()  # the script's main(): its final training state
+ranks_state = {name: state[name] for name in ("model", "obs_rms", "return_rms") if state[name]}
+torch.save(ranks_state, f"rank{os.environ['RANK']}.pt")
