@@ -227,7 +227,7 @@ def compute_gae(
     """§4.2 generalized advantage estimation, backwards in time, for every env at once (§7.2).
     All inputs and the advantages returned are (num_steps, num_envs). values[t] = V(s_t);
     next_values[t] = V(s_{t+1}) of the state that really followed step t (§7.4: for a truncated
-    episode, its final observation). The design's single "done" (§7.3) is split in two:
+    episode, its final observation). The design's single "done" (§4.2) is split in two:
     - terminations[t]: s_{t+1} is terminal, its value is zero, so δ_t does not bootstrap;
     - terminations[t] or truncations[t]: the episode ended, so the sum over future δ stops at t.
     """
@@ -452,10 +452,10 @@ def train(
             # over the ranks, the explained variance is rank 0's batch's
             losses = mean_over_ranks(torch.stack([torch.stack(h).mean() for h in stats.values()]))
             if rank == 0:
-                for step, episodic_return, episodic_length in finished_episodes:
+                for end_step, episodic_return, episodic_length in finished_episodes:
                     recent_returns.append(float(episodic_return))
-                    writer.add_scalar("charts/episodic_return", episodic_return, step)
-                    writer.add_scalar("charts/episodic_length", episodic_length, step)
+                    writer.add_scalar("charts/episodic_return", episodic_return, end_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, end_step)
                 y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
                 var_y = np.var(y_true)
                 explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
@@ -482,7 +482,7 @@ def train(
                     )
                     writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
                 writer.flush()  # the log on disk reaches this iteration, as far as any checkpoint
-            if checkpointer.end_iteration(iteration, global_step):  # Part 2: True after a signal
+            if checkpointer.end_iteration(iteration, global_step):  # Part 2: stop on a signal?
                 break
     envs.close()
     leave_process_group()  # Part 2: under torchrun, the ranks wait for each other and part
@@ -545,7 +545,8 @@ def evaluate(
 
 # agent.pt holds what evaluation needs; checkpoint.pt adds what training needs to continue.
 AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
-CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "return_rms", "iteration", "global_step", "rng")
+# (and return_rms, None without --norm-reward; ppo_discrete.py's checkpoints once had none)
+CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "iteration", "global_step", "rng")
 # The flags --eval-only takes from the command line; the rest come from the saved run.
 EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda")
 
@@ -736,8 +737,7 @@ def save_atomically(checkpoint: dict, path: str) -> None:
 
 
 def tensorboard_writer(args: Args, run_dir: str, saved: dict | None) -> SummaryWriter:
-    """A new run logs its hyperparameters; a resumed one hides what its stopped process logged
-    after the checkpoint (purge_step), so that each step is logged once."""
+    """A new run logs its hyperparameters; a resumed one purges what was logged after the save."""
     if saved is not None:
         return SummaryWriter(run_dir, purge_step=saved["global_step"] + 1)
     writer = SummaryWriter(run_dir)
@@ -750,7 +750,7 @@ class Checkpointer:
     """Keeps a run whole at its iteration boundaries. `state`, the last one's training state (all
     that training changes, and the random generators; not the envs: see --resume), is written by
     rank 0 to checkpoint.pt every checkpoint_every iterations and on leaving `with checkpointer:`,
-    however training ends. Within `with`, Ctrl-C or SIGTERM stop training at the next boundary."""
+    however training ends. From `with` on, Ctrl-C or SIGTERM stop training at the next boundary."""
 
     def __init__(self, args: Args, envs: gym.vector.VectorEnv, run_dir: str, trained: dict) -> None:
         self.run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces_of(envs)}
@@ -810,7 +810,7 @@ class Checkpointer:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def end_iteration(self, iteration: int, global_step: int) -> bool:
-        """The boundary after `iteration`: merges the ranks' statistics, keeps the state (and
+        """The boundary after `iteration`: merges the ranks' §8.5 statistics, keeps the state (and
         writes it every checkpoint_every iterations); True if a signal reached any rank."""
         sync_statistics_over_ranks(self.state, self.trained["obs_rms"], self.trained["return_rms"])
         self.state = self.training_state(iteration, global_step)

@@ -284,3 +284,18 @@ def test_eval_only_repeats_the_evaluation_at_the_end_of_training(
         assert mean == pytest.approx(logged_eval, abs=0.051)  # printed with one decimal
     assert (tmp_path / "eval" / "gifs" / f"{DEFAULT_ENV[script]}.gif").exists()
     assert not (tmp_path / "eval" / "runs").exists()
+
+
+def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_path):
+    """ppo_discrete.py's checkpoints had no return_rms key (nor the normalization flags in args)
+    before it took --norm-reward; without the flag there is nothing to load, so they resume."""
+    checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")
+    del checkpoint["return_rms"]
+    for flag in ("norm_obs", "norm_reward"):
+        del checkpoint["args"][flag]
+    checkpoint["args"]["total_timesteps"] *= 2  # one more iteration to train
+    run_dir = tmp_path / "runs" / "old"
+    run_dir.mkdir(parents=True)
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir))
+    assert load(run_dir / "checkpoint.pt")["iteration"] == 2 * checkpoint["iteration"]
