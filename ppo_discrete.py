@@ -37,7 +37,8 @@ class Args:
     env_id: str = "CartPole-v1"
     """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
     total_timesteps: int = 100_000
-    """total environment steps of the experiment, summed over all environments"""
+    """total environment steps of the experiment, summed over all environments (in whole batches:
+    a remainder is cut); with --resume, a new budget for the run"""
     learning_rate: float = 2e-3
     """the learning rate of the optimizer (§8.4)"""
     num_envs: int = 8
@@ -45,7 +46,8 @@ class Args:
     num_steps: int = 32
     """the number of steps to run in each environment per policy rollout (§7.2 T)"""
     anneal_lr: bool = True
-    """if toggled, the learning rate decays linearly to zero over the run (§8.4)"""
+    """if toggled, the learning rate decays linearly to zero over the run (§8.4); a run extended
+    by --resume --total-timesteps follows the longer run's line, so the rate steps up there"""
     gamma: float = 0.98
     """the discount factor gamma (§4.2)"""
     gae_lambda: float = 0.8
@@ -88,7 +90,8 @@ class Args:
     save_model: bool = False
     """if toggled, save the agent and its normalization statistics to `runs/{run_name}/agent.pt`"""
     capture_gif: bool = False
-    """if toggled, write one deterministic evaluation episode to `gifs/{env_id}.gif`"""
+    """if toggled, write the first deterministic evaluation episode to `runs/{run_name}/episode.gif`
+    (with --eval-only: `episode.gif` beside the saved agent)"""
     eval_episodes: int = 10
     """the number of deterministic evaluation episodes after training"""
     eval_every: int = 0
@@ -96,10 +99,11 @@ class Args:
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every N iterations (it is always written at the end)"""
     resume: str | None = None
-    """a checkpoint.pt or its run directory: continue that run, with its saved arguments"""
+    """a checkpoint.pt or its run directory: continue that run, with its saved arguments (and
+    --total-timesteps, if given)"""
     eval_only: str | None = None
-    """an agent.pt or checkpoint.pt: evaluate it as its run did, and exit (--eval-episodes,
-    --capture-gif and --cuda apply)"""
+    """an agent.pt or checkpoint.pt (or its run directory): evaluate it as its run did, and exit
+    (--eval-episodes, --capture-gif and --cuda, if given, replace the run's)"""
 
 
 # Normalized observations and rewards are clipped to ±NORM_CLIP, as in SB3's VecNormalize.
@@ -298,6 +302,7 @@ def train(
     trained = {"model": agent, "optimizer": optimizer, "obs_rms": obs_rms, "return_rms": return_rms}
     checkpointer = Checkpointer(args, envs, run_dir, trained)  # Part 2: checkpoints, signals
     start_iteration, global_step = checkpointer.resume(saved)  # a new run (None): 0, 0
+    announce_run(args, run_dir, start_iteration, num_iterations)  # Part 2: where, how many steps
     broadcast_parameters(agent)  # Part 2: under torchrun, all ranks start from rank 0's
     writer = tensorboard_writer(args, run_dir, saved) if rank == 0 else None  # rank 0 alone logs
 
@@ -494,7 +499,7 @@ def train(
             save_atomically(agent_file, f"{run_dir}/agent.pt")
             print(f"model saved to {run_dir}/agent.pt")
         if args.eval_episodes > 0:
-            gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+            gif_path = f"{run_dir}/episode.gif" if args.capture_gif else None
             eval_returns = evaluate(
                 agent, args.env_id, args.eval_episodes, eval_seed, device, obs_rms, gif_path
             )
@@ -530,9 +535,9 @@ def evaluate(
             episode_over = terminated or truncated
         episodic_returns.append(episodic_return)
     if gif_path:
-        os.makedirs(os.path.dirname(gif_path) or ".", exist_ok=True)
         frame_ms = 1000 / env.metadata.get("render_fps", 30)
         frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+        print(f"gif saved to {gif_path}")
     env.close()
     mean, std = np.mean(episodic_returns), np.std(episodic_returns)
     print(f"eval: mean return {mean:.1f} ± {std:.1f} over {episodes} episodes")
@@ -547,7 +552,8 @@ def evaluate(
 AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
 # (and return_rms, None without --norm-reward; ppo_discrete.py's checkpoints once had none)
 CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "iteration", "global_step", "rng")
-# The flags --eval-only takes from the command line; the rest come from the saved run.
+# The flags --resume and --eval-only take from the command line; the rest come from the saved run.
+RESUME_FLAGS = ("resume", "total_timesteps")
 EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda")
 
 
@@ -564,11 +570,14 @@ def main() -> dict:
         keys = CHECKPOINT_KEYS if args.resume is not None else AGENT_KEYS
         try:
             saved = load_checkpoint(saved_path, keys)
-            args = saved_run_args(args, saved["args"])
+            args = saved_run_args(args, saved["args"], typed_flags(sys.argv[1:]))
         except ValueError as e:
             sys.exit(f"error: {e}")
     if (error := args_error(args, world_size)) is not None:
         sys.exit(f"error: {error}")
+    saved_dir = os.path.dirname(saved_path or "") or "."  # the saved run's directory
+    if args.resume is not None:
+        exit_if_complete(args, saved, saved_dir)
     try:
         envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
     except (gym.error.Error, ImportError) as e:
@@ -580,23 +589,28 @@ def main() -> dict:
     # Tiny MLPs gain nothing from more threads, and extra threads slow a run many times over
     # when another process competes for the cores.
     torch.set_num_threads(1)
-    use_cuda = torch.cuda.is_available() and args.cuda
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # this process's GPU on its machine
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    # GIF frames need no window; on a machine without a display SDL would print an "error:" line.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # torchrun: this process's GPU ...
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ... of this many
+    try:
+        device = device_of(args.cuda, local_rank, local_world_size, torch.cuda.device_count())
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if args.eval_only is not None:  # the saved agent, evaluated as its run evaluated it
         agent = Agent(envs).to(device)
         obs_rms = RunningMeanStd(envs.single_observation_space.shape) if args.norm_obs else None
         load_states(saved, {"model": agent, "obs_rms": obs_rms})
-        gif_path = f"gifs/{args.env_id}.gif" if args.capture_gif else None
+        gif_path = f"{saved_dir}/episode.gif" if args.capture_gif else None
         seed = args.seed + args.num_envs
         evaluate(agent, args.env_id, args.eval_episodes, seed, device, obs_rms, gif_path)
         sys.exit(0)
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
-        if use_cuda:
+        if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     if saved is not None:  # the same run directory; TensorBoard steps continue
-        return train(args, envs, device, os.path.dirname(saved_path), saved)
+        return train(args, envs, device, saved_dir, saved)
     run_dir = [f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"]
     if world_size > 1:  # rank 0's name (the ranks may start in different seconds)
         dist.broadcast_object_list(run_dir, src=0)
@@ -620,8 +634,8 @@ def args_error(args: Args, world_size: int = 1) -> str | None:
         value = getattr(args, name)
         if value < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
-    if args.capture_gif and args.eval_episodes == 0:
-        return "--capture-gif records an evaluation episode: it needs --eval-episodes >= 1"
+    if (args.capture_gif or args.eval_only is not None) and args.eval_episodes == 0:
+        return "--capture-gif and --eval-only need evaluation episodes: --eval-episodes >= 1"
     if args.num_envs % world_size != 0:
         return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
     if args.eval_only is not None and world_size > 1:
@@ -668,36 +682,82 @@ def spaces_of(envs: gym.vector.VectorEnv) -> list[str]:
     return [str(envs.single_observation_space), str(envs.single_action_space)]
 
 
-def saved_run_args(args: Args, saved_args: dict) -> Args:
-    """The saved run's arguments, with --resume, or --eval-only and its own flags, from the command
-    line. Raises ValueError if the command line sets any other flag: it would be ignored."""
-    own_flags = ("resume",) if args.resume is not None else EVAL_ONLY_FLAGS
+def typed_flags(argv: list[str]) -> set[str]:
+    """The Args fields the command line sets, by name, whatever their values: from `--env-id X`,
+    `--env_id=X`, `--norm-obs` and `--no-norm-obs` alike."""
+    names = {field.name for field in fields(Args)}
+    typed = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+    return {name if name in names else name.removeprefix("no_") for name in typed} & names
+
+
+def saved_run_args(args: Args, saved_args: dict, typed: set[str]) -> Args:
+    """The saved run's arguments, with those of the `typed` flags that its mode takes from the
+    command line (RESUME_FLAGS or EVAL_ONLY_FLAGS). Raises ValueError if the command line sets any
+    other flag, even to its default value: it would be ignored."""
+    own_flags = RESUME_FLAGS if args.resume is not None else EVAL_ONLY_FLAGS
     mode = "--resume" if args.resume is not None else "--eval-only"
-    defaults = Args()
-    for field in fields(Args):
-        changed = getattr(args, field.name) != getattr(defaults, field.name)
-        if changed and field.name not in own_flags:
-            flag = f"--{field.name.replace('_', '-')}"
-            raise ValueError(f"{flag} cannot be set with {mode}: the saved run's arguments apply")
+    if ignored := sorted(typed - set(own_flags)):
+        flag = f"--{ignored[0].replace('_', '-')}"
+        raise ValueError(f"{flag} cannot be set with {mode}: the saved run's arguments apply")
     try:
         saved = Args(**saved_args)
     except TypeError:
         raise ValueError(f"its saved arguments do not fit this {SCRIPT}") from None
     # A resumed run saves its --resume path too: only this command line's own flags apply.
     saved = replace(saved, resume=None, eval_only=None)
-    return replace(saved, **{name: getattr(args, name) for name in own_flags})
+    return replace(saved, **{name: getattr(args, name) for name in own_flags if name in typed})
+
+
+def exit_if_complete(args: Args, saved: dict, run_dir: str) -> None:
+    """--resume of a run that has trained all its iterations says so and exits, changing nothing;
+    a --total-timesteps below what it has trained is an error."""
+    batch_size = args.num_envs * args.num_steps
+    iteration, global_step = saved["iteration"], saved["global_step"]
+    if iteration > args.total_timesteps // batch_size:
+        sys.exit(
+            f"error: --total-timesteps {args.total_timesteps} is below the {global_step} "
+            "steps the run has trained"
+        )
+    if iteration == args.total_timesteps // batch_size:
+        print(
+            f"{run_dir} is complete ({iteration} iterations, {global_step} steps): evaluate it "
+            f"with --eval-only {run_dir}, or train it longer with --resume {run_dir} "
+            f"--total-timesteps N (N >= {global_step + batch_size})"
+        )
+        sys.exit(0)
+
+
+def device_of(cuda: bool, local_rank: int, local_world_size: int, gpu_count: int) -> torch.device:
+    """This process's device: with --cuda and a GPU, GPU local_rank (each of the local_world_size
+    processes torchrun starts on this machine takes its own), else the CPU. Raises ValueError if
+    this machine has fewer GPUs than processes."""
+    if not cuda or gpu_count == 0:
+        return torch.device("cpu")
+    if local_world_size > gpu_count:
+        raise ValueError(
+            f"--cuda gives each process a GPU of its own, and this machine runs {local_world_size} "
+            f"processes on {gpu_count} GPU(s): start at most {gpu_count} per machine "
+            "(torchrun --nproc_per_node), or leave out --cuda"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
     """Reads an agent.pt or checkpoint.pt that this script wrote and that has `keys`. Anything else
     (missing, truncated, corrupted, foreign, or a pickle with code in it) raises ValueError with a
     one-line reason. weights_only=True: code in the file is refused, never run."""
+    not_ours = f"{path} is not a checkpoint written by {SCRIPT}"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive: anything else is not ours
+        raise ValueError(not_ours)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols it did not write
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
     except pickle.UnpicklingError:
         raise ValueError(
             f"refused {path}: not only tensors and plain data (loading the rest could run code)"
@@ -707,7 +767,7 @@ def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
             f"cannot read {path}: truncated or corrupted ({type(e).__name__})"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("script") != SCRIPT:
-        raise ValueError(f"{path} was not written by {SCRIPT}")
+        raise ValueError(not_ours)
     if missing := [key for key in keys if key not in checkpoint]:
         raise ValueError(
             f"{path} has no {', '.join(missing)}: is it an agent.pt, not a checkpoint?"
@@ -734,6 +794,21 @@ def save_atomically(checkpoint: dict, path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(f"{path}.tmp", path)
+
+
+def announce_run(args: Args, run_dir: str, start_iteration: int, num_iterations: int) -> None:
+    """Rank 0 prints where the run writes and its budget as it will really run: whole batches."""
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    batch_size = args.num_envs * args.num_steps
+    steps = num_iterations * batch_size
+    budget = f"{num_iterations} iterations x {batch_size} steps = {steps} steps"
+    if steps < args.total_timesteps:
+        budget += (
+            f" (the last {args.total_timesteps - steps} of --total-timesteps do not fill a batch)"
+        )
+    start = f", resumed after iteration {start_iteration}" if start_iteration > 0 else ""
+    print(f"run {run_dir}: {budget}{start}", flush=True)
 
 
 def tensorboard_writer(args: Args, run_dir: str, saved: dict | None) -> SummaryWriter:

@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SCRIPTS
+import torch
+from conftest import ROOT, SCRIPTS, import_script
 
 OTHER_SCRIPT = {"ppo_continuous.py": "ppo_discrete.py", "ppo_discrete.py": "ppo_continuous.py"}
 ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}
@@ -23,7 +24,7 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--gae-lambda", "-0.1"], "--gae-lambda must be in [0, 1]"),
     (["--target-kl", "0"], "--target-kl must be positive"),
     (["--eval-episodes", "-1"], "--eval-episodes must be non-negative"),
-    (["--eval-episodes", "0", "--capture-gif"], "--capture-gif records an evaluation episode"),
+    (["--eval-episodes", "0", "--capture-gif"], "need evaluation episodes: --eval-episodes >= 1"),
     (["--checkpoint-every", "-1"], "--checkpoint-every must be non-negative"),
     (["--eval-every", "-2"], "--eval-every must be non-negative"),
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "is not divisible by"),
@@ -97,4 +98,26 @@ def test_sizes_that_do_not_split_across_torchrun_processes_are_refused(
     with pytest.raises(SystemExit) as exit_info:
         run_script(script, *args)
     assert exit_info.value.code == f"error: {fragment}"
+    assert not list(tmp_path.glob("*/runs"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_cuda_under_torchrun_needs_a_gpu_per_process(run_script, tmp_path, monkeypatch, script):
+    """torchrun --nproc_per_node 2 ... --cuda on a machine with one GPU: rank 1 would ask for
+    cuda:1. Every rank stops with one line first (here with a GPU count of 1 pretended)."""
+    device_of = import_script(script).device_of
+    assert device_of(True, 1, 2, gpu_count=2) == torch.device("cuda", 1)
+    assert device_of(True, 1, 2, gpu_count=0) == torch.device("cpu")  # no GPU: the CPU
+    assert device_of(False, 1, 2, gpu_count=1) == torch.device("cpu")
+    for rank in ("0", "1"):
+        for name, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": rank}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(script, "--cuda")
+        assert exit_info.value.code.startswith(
+            "error: --cuda gives each process a GPU of its own, and this machine runs 2 processes "
+            "on 1 GPU(s)"
+        )
     assert not list(tmp_path.glob("*/runs"))

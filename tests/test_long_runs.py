@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, SCRIPTS, run_in, scalar_events, scalars
+from PIL import Image
 from test_scripts import DEFAULT_ENV, TINY
 from toy_envs import TIME_LIMIT, NaNObservationEnv
 
@@ -198,18 +199,20 @@ def saved_runs(tmp_path_factory) -> dict:
 def write_bad_files(directory, script: str, run_dir) -> dict:
     """Damaged, foreign and malicious stand-ins for checkpoint.pt: name -> (path, error fragment)."""
     good = (run_dir / "checkpoint.pt").read_bytes()
-    checkpoint = load(run_dir / "checkpoint.pt")
+    checkpoint = {**load(run_dir / "checkpoint.pt"), "iteration": 1}  # unfinished: it resumes
     other_script = next(other for other in SCRIPTS if other != script)
     first_weight = next(iter(checkpoint["model"]))
+    not_ours = f"is not a checkpoint written by {script}"
     files = {
         "missing": (b"", "cannot read"),
-        "empty": (b"", "truncated or corrupted"),
+        "empty": (b"", not_ours),
         "truncated": (good[: len(good) // 2], "truncated or corrupted"),
-        "random bytes": (np.random.default_rng(0).bytes(4096), "refused"),
-        "code in a pickle": (pickle.dumps(CodeOnLoad(directory / "pwned")), "refused"),
+        "random bytes": (np.random.default_rng(0).bytes(4096), not_ours),
+        "a TensorBoard log": (next(run_dir.glob("events.*")).read_bytes(), not_ours),
+        "code in a pickle": (pickle.dumps(CodeOnLoad(directory / "pwned")), not_ours),
         "code in a torch file": ({"model": CodeOnLoad(directory / "pwned")}, "refused"),
-        "foreign dict": ({"model": {}}, f"was not written by {script}"),
-        "the other script's": ({**checkpoint, "script": other_script}, f"not written by {script}"),
+        "foreign dict": ({"model": {}}, not_ours),
+        "the other script's": ({**checkpoint, "script": other_script}, not_ours),
         "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "has no optimizer"),
         "other spaces": ({**checkpoint, "spaces": ["Box(3,)", "Box(9,)"]}, "is for spaces"),
         "other network": (
@@ -262,6 +265,11 @@ def test_resume_and_eval_only_refuse_flags_they_would_ignore(saved_runs, tmp_pat
         (["--resume", str(run_dir), "--seed", "7"], "--seed cannot be set with --resume"),
         (["--eval-only", str(run_dir), "--num-envs", "3"], "--num-envs cannot be set with"),
         (["--resume", str(run_dir), "--eval-only", str(run_dir)], "--eval-only cannot be set"),
+        # typed, though equal to the saved value or the default: it would still be ignored
+        (["--resume", str(run_dir), "--seed", "1"], "--seed cannot be set with --resume"),
+        (["--resume", str(run_dir), "--anneal_lr"], "--anneal-lr cannot be set with --resume"),
+        (["--eval-only", str(run_dir), "--env-id", DEFAULT_ENV[script]], "--env-id cannot be"),
+        (["--eval-only", str(run_dir), "--no-norm-obs"], "--norm-obs cannot be set"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             run_in(tmp_path, script, *args)
@@ -274,7 +282,7 @@ def test_eval_only_repeats_the_evaluation_at_the_end_of_training(
 ):
     run_dir = run_script(script, *TINY, "--norm-obs", "--save-model")
     logged_eval = scalars(run_dir)["eval/episodic_return"][0]
-    eval_flags = ["--eval-episodes", "2", "--capture-gif"]  # TINY's 2 episodes, and a GIF
+    eval_flags = ["--capture-gif"]  # and the saved run's --eval-episodes 2
     for saved in (run_dir / "agent.pt", run_dir / "checkpoint.pt", run_dir):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
@@ -282,8 +290,50 @@ def test_eval_only_repeats_the_evaluation_at_the_end_of_training(
         assert exit_info.value.code == 0
         mean = float(re.search(r"eval: mean return (\S+) ±", capsys.readouterr().out)[1])
         assert mean == pytest.approx(logged_eval, abs=0.051)  # printed with one decimal
-    assert (tmp_path / "eval" / "gifs" / f"{DEFAULT_ENV[script]}.gif").exists()
-    assert not (tmp_path / "eval" / "runs").exists()
+    assert (run_dir / "episode.gif").exists()  # beside the agent
+    assert not (tmp_path / "eval" / "runs").exists() and not (tmp_path / "eval" / "gifs").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_complete_run_resumes_to_nothing_and_a_larger_budget_extends_it(tmp_path, capsys, script):
+    """--resume of a finished run says so and leaves every file as it was; with a larger
+    --total-timesteps it trains on, the learning rate following the longer run's line."""
+    flags = [*toy_env("ConstantReward", script), *ALIGNED, "--learning-rate", "0.01"]
+    run_dir = run_in(tmp_path, script, *flags, "--total-timesteps", str(2 * BATCH))
+    files = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, "--resume", str(run_dir))
+    assert exit_info.value.code == 0
+    assert f"{run_dir} is complete (2 iterations, {2 * BATCH} steps)" in capsys.readouterr().out
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == files
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, "--resume", str(run_dir), "--total-timesteps", str(BATCH))
+    assert exit_info.value.code == (
+        f"error: --total-timesteps {BATCH} is below the {2 * BATCH} steps the run has trained"
+    )
+
+    run_in(tmp_path, script, "--resume", str(run_dir), "--total-timesteps", str(4 * BATCH))
+    checkpoint = load(run_dir / "checkpoint.pt")
+    assert checkpoint["iteration"] == 4 and checkpoint["args"]["total_timesteps"] == 4 * BATCH
+    # §8.4 lr(i) = 0.01 (1 - (i - 1) / iterations): 2 iterations, then 4
+    expected_lr = [0.01, 0.005, 0.005, 0.0025]
+    assert scalars(run_dir)["charts/learning_rate"] == pytest.approx(expected_lr)
+
+
+def test_a_gif_rendered_without_a_display_prints_its_path_and_no_error(saved_runs, monkeypatch):
+    """On a headless machine SDL would print "error: XDG_RUNTIME_DIR is invalid ..." while
+    rendering; the GIF of a saved agent goes beside it."""
+    run_dir = saved_runs["ppo_continuous.py"]
+    for variable in ("XDG_RUNTIME_DIR", "SDL_VIDEODRIVER", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(variable, raising=False)
+    flags = ["--eval-only", run_dir.name, "--capture-gif", "--eval-episodes", "1"]
+    process = python(run_dir.parent, str(ROOT / "ppo_continuous.py"), *flags)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0 and stderr == ""
+    assert f"gif saved to {run_dir.name}/episode.gif" in stdout
+    assert Image.open(run_dir / "episode.gif").n_frames > 100  # (PIL merges equal frames)
 
 
 def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_path):

@@ -39,9 +39,12 @@ def load_agent(script: str, env_id: str, checkpoint: dict, **agent_kwargs) -> to
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_tiny_run_logs_saves_and_records(run_script, script):
+def test_tiny_run_logs_saves_and_records(run_script, capsys, script):
     # Observations normalized on request: the statistics must travel with the model.
     run_dir = run_script(script, *TINY, "--norm-obs", "--save-model", "--capture-gif")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"run runs/{run_dir.name}: 2 iterations x 256 steps = 512 steps"
+    assert f"gif saved to runs/{run_dir.name}/episode.gif" in lines
 
     logged = scalars(run_dir)
     assert REQUIRED_TAGS <= logged.keys()
@@ -64,8 +67,9 @@ def test_tiny_run_logs_saves_and_records(run_script, script):
     eval_return = sum(eval_returns) / 2
     assert eval_return == pytest.approx(logged["eval/episodic_return"][0], rel=1e-5)
 
-    gif = Image.open(run_dir.parent.parent / "gifs" / f"{DEFAULT_ENV[script]}.gif")
+    gif = Image.open(run_dir / "episode.gif")
     assert gif.n_frames > 5
+    assert not (run_dir.parent.parent / "gifs").exists()  # never over the showcase GIFs
 
 
 OPTIONAL_FLAGS = {
