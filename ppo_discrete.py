@@ -8,17 +8,19 @@ what long runs and many processes need. §N: the README's "The math, section by 
 """
 
 import copy
+import itertools
 import os
 import pickle
 import random
 import signal
 import sys
 import time
+import traceback
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import gymnasium as gym
 import numpy as np
@@ -345,8 +347,10 @@ def train(
                 actions[step] = action
                 logprobs[step] = logprob
 
-                next_obs_raw, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-                stop_if_nonfinite_env(next_obs_raw, reward, global_step, checkpointer.path)
+                # The policy's actions are 0..n-1; the env's start at action_space.start (often 0).
+                env_action = action.cpu().numpy() + action_space.start
+                next_obs_raw, reward, terminated, truncated, infos = envs.step(env_action)
+                stop_if_nonfinite_env(next_obs_raw, reward, infos, global_step, checkpointer.path)
                 if obs_rms is not None:
                     obs_rms.update(next_obs_raw)
                 if return_rms is not None:  # §8.5 scale by the std of the discounted return
@@ -530,6 +534,7 @@ def evaluate(
             obs_tensor = normalize_obs(obs[None], obs_rms, device)
             with torch.inference_mode():
                 action = agent.get_deterministic_action(obs_tensor)[0].item()
+            action = action + env.action_space.start  # (as in the rollout)
             obs, reward, terminated, truncated, _ = env.step(action)
             episodic_return += float(reward)
             episode_over = terminated or truncated
@@ -552,16 +557,20 @@ def evaluate(
 AGENT_KEYS = ("script", "args", "spaces", "model", "obs_rms")
 # (and return_rms, None without --norm-reward; ppo_discrete.py's checkpoints once had none)
 CHECKPOINT_KEYS = (*AGENT_KEYS, "optimizer", "iteration", "global_step", "rng")
-# The flags --resume and --eval-only take from the command line; the rest come from the saved run.
-RESUME_FLAGS = ("resume", "total_timesteps")
-EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a cluster's or `kill`'s request
+# The flags --resume and --eval-only take from the command line; the rest come from the saved run
+# (--env-id only to confirm the saved one: see saved_run_args).
+RESUME_FLAGS = ("resume", "total_timesteps", "env_id")
+EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda", "env_id")
 
 
 def main() -> dict:
     """Checks the command line (bad input exits with one line before any work), then trains."""
+    for signum in STOP_SIGNALS:  # (in training: stop at an iteration boundary instead)
+        signal.signal(signum, exit_on_signal)
     args = tyro.cli(Args)
     # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     # --resume and --eval-only read a saved run, whose arguments replace the command line's.
     saved, saved_path = None, args.resume or args.eval_only
     if saved_path is not None:
@@ -578,11 +587,13 @@ def main() -> dict:
     saved_dir = os.path.dirname(saved_path or "") or "."  # the saved run's directory
     if args.resume is not None:
         exit_if_complete(args, saved, saved_dir)
+        if (error := newer_checkpoint_error(saved_path, saved)) is not None:
+            sys.exit(f"error: {error}")
     try:
         envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
-    except (gym.error.Error, ImportError) as e:
-        sys.exit(f"error: cannot make env {args.env_id!r}: {e}")
-    if (error := spaces_error(args.env_id, envs, saved)) is not None:
+    except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)
+        sys.exit(f"error: cannot make env {args.env_id!r}: {one_line(e)}")
+    if (error := env_error(args, envs, saved)) is not None:
         sys.exit(f"error: {error}")
 
     torch.backends.cudnn.deterministic = args.torch_deterministic
@@ -603,24 +614,36 @@ def main() -> dict:
         load_states(saved, {"model": agent, "obs_rms": obs_rms})
         gif_path = f"{saved_dir}/episode.gif" if args.capture_gif else None
         seed = args.seed + args.num_envs
-        evaluate(agent, args.env_id, args.eval_episodes, seed, device, obs_rms, gif_path)
+        print(
+            f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}", flush=True
+        )
+        try:
+            evaluate(agent, args.env_id, args.eval_episodes, seed, device, obs_rms, gif_path)
+        except Exception as e:  # noqa: BLE001 (the env's code, the disk)
+            sys.exit(f"error: evaluation failed: {one_line(e)}")
         sys.exit(0)
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
-    if saved is not None:  # the same run directory; TensorBoard steps continue
-        return train(args, envs, device, saved_dir, saved)
-    run_dir = [f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"]
-    if world_size > 1:  # rank 0's name (the ranks may start in different seconds)
+    # A resumed run continues in its directory (TensorBoard steps continue); a new one gets a new
+    # directory, made by rank 0 (and its name sent to the other ranks).
+    run_dir = [saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None]
+    if world_size > 1:
         dist.broadcast_object_list(run_dir, src=0)
-    return train(args, envs, device, run_dir[0], saved)
+    try:
+        return train(args, envs, device, run_dir[0], saved)
+    except Exception as e:  # noqa: BLE001 (the env's code, the disk, memory: one line, and the rest in a file)
+        sys.exit(f"error: {training_failure(e, run_dir[0])}")
 
 
 def args_error(args: Args, world_size: int = 1) -> str | None:
     """The first reason these arguments cannot make a run of world_size processes, or None."""
+    for name, value in asdict(args).items():
+        if isinstance(value, float) and not np.isfinite(value):
+            return f"--{name.replace('_', '-')} must be a finite number, got {value}"
     sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    for name in (*sizes, "learning_rate", "clip_coef"):
+    for name in (*sizes, "learning_rate", "clip_coef", "max_grad_norm"):
         value = getattr(args, name)
         if value <= 0:
             return f"--{name.replace('_', '-')} must be positive, got {value}"
@@ -630,10 +653,12 @@ def args_error(args: Args, world_size: int = 1) -> str | None:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
     if args.target_kl is not None and args.target_kl <= 0:
         return f"--target-kl must be positive, got {args.target_kl}"
-    for name in ("eval_episodes", "eval_every", "checkpoint_every"):
+    for name in ("ent_coef", "vf_coef", "eval_episodes", "eval_every", "checkpoint_every"):
         value = getattr(args, name)
         if value < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
+    if not 0 <= args.seed < 2**31:  # numpy takes seeds below 2**32; room for seed + env index
+        return f"--seed must be in [0, 2**31), got {args.seed}"
     if (args.capture_gif or args.eval_only is not None) and args.eval_episodes == 0:
         return "--capture-gif and --eval-only need evaluation episodes: --eval-episodes >= 1"
     if args.num_envs % world_size != 0:
@@ -659,9 +684,13 @@ def args_error(args: Args, world_size: int = 1) -> str | None:
     return None
 
 
-def spaces_error(env_id: str, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
-    """The first reason this script or the saved run cannot act in the envs' spaces, or None."""
-    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+def env_error(args: Args, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
+    """The first reason this script or the saved run cannot act in the envs' spaces (or record
+    their GIF), or None."""
+    env_id, observation_space = args.env_id, envs.single_observation_space
+    action_space = envs.single_action_space
+    if args.capture_gif and "rgb_array" not in envs.metadata.get("render_modes", []):
+        return f"--capture-gif: {env_id} cannot render frames (it has no rgb_array render mode)"
     if not isinstance(action_space, gym.spaces.Discrete):
         return (
             f"{env_id} has a {type(action_space).__name__} action space; "
@@ -693,7 +722,8 @@ def typed_flags(argv: list[str]) -> set[str]:
 def saved_run_args(args: Args, saved_args: dict, typed: set[str]) -> Args:
     """The saved run's arguments, with those of the `typed` flags that its mode takes from the
     command line (RESUME_FLAGS or EVAL_ONLY_FLAGS). Raises ValueError if the command line sets any
-    other flag, even to its default value: it would be ignored."""
+    other flag, even to its default value (it would be ignored), if a saved argument is not of its
+    type, or if the saved env id would import a module that the command line does not name."""
     own_flags = RESUME_FLAGS if args.resume is not None else EVAL_ONLY_FLAGS
     mode = "--resume" if args.resume is not None else "--eval-only"
     if ignored := sorted(typed - set(own_flags)):
@@ -703,9 +733,28 @@ def saved_run_args(args: Args, saved_args: dict, typed: set[str]) -> Args:
         saved = Args(**saved_args)
     except TypeError:
         raise ValueError(f"its saved arguments do not fit this {SCRIPT}") from None
+    for field in fields(Args):  # a tampered file's arguments, checked as tyro checks typed ones
+        value, allowed = getattr(saved, field.name), get_args(field.type) or (field.type,)
+        literal = get_origin(field.type) is Literal  # allowed values, not types
+        if (value not in allowed) if literal else (type(value) not in allowed):
+            raise ValueError(f"its saved {field.name} {value!r} is not a {field.type}")
+    # gym.make("module:EnvId") imports module: a file never chooses the code that runs.
+    if "env_id" in typed and args.env_id != saved.env_id:
+        raise ValueError(f"--env-id {args.env_id} is not the saved run's env, {saved.env_id}")
+    if ":" in saved.env_id and "env_id" not in typed:
+        raise ValueError(
+            f"the saved run's env {saved.env_id} imports the module {saved.env_id.split(':')[0]}: "
+            f"if you trust it, confirm with --env-id {saved.env_id}"
+        )
     # A resumed run saves its --resume path too: only this command line's own flags apply.
     saved = replace(saved, resume=None, eval_only=None)
     return replace(saved, **{name: getattr(args, name) for name in own_flags if name in typed})
+
+
+def env_confirmation(env_id: str) -> str:
+    """What --resume and --eval-only need on the command line to make the saved env: for a
+    `module:EnvId`, which imports module, --env-id (see saved_run_args); else nothing."""
+    return f" --env-id {env_id}" if ":" in env_id else ""
 
 
 def exit_if_complete(args: Args, saved: dict, run_dir: str) -> None:
@@ -721,10 +770,48 @@ def exit_if_complete(args: Args, saved: dict, run_dir: str) -> None:
     if iteration == args.total_timesteps // batch_size:
         print(
             f"{run_dir} is complete ({iteration} iterations, {global_step} steps): evaluate it "
-            f"with --eval-only {run_dir}, or train it longer with --resume {run_dir} "
-            f"--total-timesteps N (N >= {global_step + batch_size})"
+            f"with --eval-only {run_dir}{env_confirmation(args.env_id)}, or train it longer with "
+            f"--resume {run_dir}{env_confirmation(args.env_id)} --total-timesteps N "
+            f"(N >= {global_step + batch_size})"
         )
         sys.exit(0)
+
+
+def newer_checkpoint_error(path: str, saved: dict) -> str | None:
+    """--resume of a copy (e.g. runs/X/backup.pt) writes the run's checkpoint.pt beside it: not if
+    that one is further on, which resuming would overwrite."""
+    checkpoint_path = os.path.join(os.path.dirname(path), "checkpoint.pt")
+    if os.path.exists(checkpoint_path) and not os.path.samefile(path, checkpoint_path):
+        try:
+            newer = load_checkpoint(checkpoint_path, CHECKPOINT_KEYS)["global_step"]
+        except ValueError:
+            return f"{checkpoint_path}, which resuming {path} would replace, is not readable"
+        if newer > saved["global_step"]:
+            return (
+                f"{checkpoint_path} is further on (step {newer}) than {path} (step "
+                f"{saved['global_step']}), and resuming would replace it: resume from it, or "
+                f"move {path} into a directory of its own"
+            )
+    return None
+
+
+def new_run_dir(args: Args) -> str:
+    """Makes runs/{env_id}__{exp_name}__{seed}__{unix time} and returns it: a directory no other
+    run has, since it is made here (exclusively; a name taken gets _2, _3, ...). Characters other
+    than letters, digits, . _ - become _, and the name is cut to 200: it stays inside runs/."""
+    name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:200]
+    try:
+        os.makedirs("runs", exist_ok=True)
+        for number in itertools.count(1):
+            run_dir = f"runs/{name}" if number == 1 else f"runs/{name}_{number}"
+            try:
+                os.mkdir(run_dir)
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        sys.exit(f"error: cannot make the run directory in {os.getcwd()}: {e.strerror}")
 
 
 def device_of(cuda: bool, local_rank: int, local_world_size: int, gpu_count: int) -> torch.device:
@@ -779,6 +866,8 @@ def load_states(saved: dict, objects: dict) -> None:
     """Loads each saved state dict into the object of its name; exits with one line if it misfits."""
     for name, obj in objects.items():
         try:
+            if isinstance(obj, RunningMeanStd) and saved[name]["mean"].shape != obj.mean.shape:
+                raise ValueError(f"its shape is {tuple(saved[name]['mean'].shape)}")
             if obj is not None:
                 obj.load_state_dict(saved[name])
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
@@ -850,8 +939,9 @@ class Checkpointer:
             np.random.set_state(numpy_rng)
             torch.set_rng_state(saved["rng"]["torch"])
         else:
-            torch.manual_seed(saved["args"]["seed"] + self.rank + saved["global_step"])
-            np.random.seed(saved["args"]["seed"] + self.rank + saved["global_step"])
+            seed = (saved["args"]["seed"] + self.rank + saved["global_step"]) % 2**32
+            torch.manual_seed(seed)
+            np.random.seed(seed)
         self.state = self.training_state(saved["iteration"], saved["global_step"])
         return saved["iteration"], saved["global_step"]
 
@@ -870,19 +960,25 @@ class Checkpointer:
         return state
 
     def __enter__(self) -> None:
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGTERM, self.request_stop)
+        self.handlers = {s: signal.signal(s, self.request_stop) for s in STOP_SIGNALS}
 
-    def __exit__(self, *exc_info: object) -> None:  # done, a signal, or an error
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        for signum in STOP_SIGNALS:  # a signal now would cut the checkpoint short
+            signal.signal(signum, signal.SIG_IGN)
         if self.rank == 0:
             save_atomically(self.state, self.path)
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+        if exc_type is SystemExit and self.stopped_by is not None:  # by a second signal
+            self.print_resume_command()
 
     def request_stop(self, signum: int, frame: object) -> None:
-        """The signal handler. The default handlers come back, so a second signal ends the process
-        at once; the checkpoint on disk stays whole, since it is only ever replaced atomically."""
+        """The signal handler in training: the first signal stops it at the next iteration
+        boundary; a second one at once (leaving `with checkpointer:` writes the last boundary)."""
+        if self.signal is not None:
+            self.stopped_by = signum
+            sys.exit(128 + signum)
         self.signal = signum
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def end_iteration(self, iteration: int, global_step: int) -> bool:
         """The boundary after `iteration`: merges the ranks' §8.5 statistics, keeps the state (and
@@ -897,18 +993,54 @@ class Checkpointer:
     def exit_if_stopped(self) -> None:
         """After a signal stopped training: prints the command that resumes, exits 128 + signal."""
         if self.stopped_by is not None:
-            if self.rank == 0:
-                print(
-                    f"stopped by {signal.Signals(self.stopped_by).name} after iteration "
-                    f"{self.state['iteration']}; resume with: {self.launcher} {sys.argv[0]} "
-                    f"--resume {self.run_dir}"
-                )
+            self.print_resume_command()
             sys.exit(128 + self.stopped_by)
 
+    def print_resume_command(self) -> None:
+        if self.rank == 0:
+            print(
+                f"stopped by {signal.Signals(self.stopped_by).name} after iteration "
+                f"{self.state['iteration']}; resume with: {self.launcher} {sys.argv[0]} "
+                f"--resume {self.run_dir}{env_confirmation(self.run['args']['env_id'])}",
+                flush=True,
+            )
 
-def stop_if_nonfinite_env(obs: np.ndarray, rewards: np.ndarray, step: int, path: str) -> None:
-    """Exits with one line if an env returned a NaN or infinite observation or reward."""
+
+def exit_on_signal(signum: int, frame: object) -> None:
+    """Outside training (setup, evaluation), Ctrl-C or SIGTERM ends the process at once: exit
+    128 + signal, without a traceback."""
+    sys.exit(128 + signum)
+
+
+def one_line(error: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
+
+
+def training_failure(error: Exception, run_dir: str) -> str:
+    """The line for an error that ended training (an env's code raised, the disk is full, ...);
+    the traceback goes to run_dir/traceback.txt, for when the line is not enough."""
+    line = f"training failed: {one_line(error)}"
+    try:
+        with open(f"{run_dir}/traceback.txt", "w") as f:
+            traceback.print_exception(error, file=f)
+        line += f" (traceback in {run_dir}/traceback.txt)"
+    except OSError:
+        pass
+    if os.path.exists(f"{run_dir}/checkpoint.pt"):
+        line += f"; the last good state is in {run_dir}/checkpoint.pt"
+    return line
+
+
+def stop_if_nonfinite_env(
+    obs: np.ndarray, rewards: np.ndarray, infos: dict, step: int, path: str
+) -> None:
+    """Exits with one line if an env returned a NaN or infinite observation (the final one of an
+    episode that ended included) or reward."""
     finite = np.isfinite(obs).reshape(len(rewards), -1).all(axis=1) & np.isfinite(rewards)
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        finite[i] &= bool(np.isfinite(infos["final_obs"][i]).all())
     if not finite.all():
         sys.exit(
             f"error: env {int(np.argmin(finite))} returned a non-finite observation or reward at "

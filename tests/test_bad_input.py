@@ -30,6 +30,21 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "is not divisible by"),
     (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "at least 2 samples"),
     (["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "100"], "below one batch"),
+    # values that would train wrong without a word
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be positive"),  # gradient ascent
+    (["--max-grad-norm", "0"], "--max-grad-norm must be positive"),
+    (["--vf-coef", "-1"], "--vf-coef must be non-negative"),
+    (["--ent-coef", "-0.01"], "--ent-coef must be non-negative"),
+    (["--target-kl", "nan"], "--target-kl must be a finite number, got nan"),  # never stops
+    (["--learning-rate", "inf"], "--learning-rate must be a finite number"),
+    (["--gamma", "nan"], "--gamma must be a finite number"),
+    (["--clip-coef=-inf"], "--clip-coef must be a finite number"),
+    (["--seed", "-1"], "--seed must be in [0, 2**31)"),
+    (["--seed", str(2**32)], "--seed must be in [0, 2**31)"),
+    # envs that cannot be made, or not as asked
+    (["--env-id", ":Foo-v0"], "cannot make env ':Foo-v0': ValueError: Empty module name"),
+    (["--env-id", "toy_envs:FailingInConstructor{kind}-v0"], "RuntimeError: broken on purpose"),
+    (["--env-id", "toy_envs:ConstantReward{kind}-v0", "--capture-gif"], "cannot render frames"),
 ]
 
 
@@ -53,6 +68,24 @@ def test_wrong_action_space_points_to_the_other_script(run_script, script):
     with pytest.raises(SystemExit) as exit_info:
         run_script(script, "--env-id", wrong_env)
     assert f"use {OTHER_SCRIPT[script]}" in exit_info.value.code
+
+
+@pytest.mark.parametrize("env", ["MatrixActionsBox-v0", "IntegerActionsBox-v0"])
+def test_box_actions_the_normal_policy_cannot_take_are_refused(run_script, env):
+    with pytest.raises(SystemExit) as exit_info:
+        run_script("ppo_continuous.py", "--env-id", f"toy_envs:{env}")
+    assert "ppo_continuous.py takes a 1-D float Box" in exit_info.value.code
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_env_module_that_fails_to_import_is_one_line(run_script, tmp_path, monkeypatch, script):
+    (tmp_path / "broken_module.py").write_text("raise RuntimeError('no import today')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(script, "--env-id", "broken_module:Foo-v0")
+    assert exit_info.value.code == (
+        "error: cannot make env 'broken_module:Foo-v0': RuntimeError: no import today"
+    )
 
 
 def run_cli(cwd, script: str, *args: str) -> subprocess.CompletedProcess:

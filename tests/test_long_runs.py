@@ -6,13 +6,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, SCRIPTS, run_in, scalar_events, scalars
 from PIL import Image
-from test_scripts import DEFAULT_ENV, TINY
+from test_scripts import TINY
 from toy_envs import TIME_LIMIT, NaNObservationEnv
 
 ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}
@@ -91,7 +92,8 @@ def test_a_stopped_and_resumed_run_is_the_uninterrupted_run(run_script, tmp_path
     assert not (run_dir / "agent.pt").exists()
 
     command = match[2].split()
-    assert command == ["python", str(ROOT / script), "--resume", f"runs/{run_dir.name}"]
+    resume = ["--resume", f"runs/{run_dir.name}", *toy_env("ConstantReward", script)]
+    assert command == ["python", str(ROOT / script), *resume]  # (the env id confirmed: toy_envs)
     run_to_success(workdir, *command[1:])
     assert load(run_dir / "checkpoint.pt")["global_step"] == num_iterations * BATCH
 
@@ -107,21 +109,45 @@ def test_a_stopped_and_resumed_run_is_the_uninterrupted_run(run_script, tmp_path
     assert all(torch.equal(expected_model[key], resumed_model[key]) for key in expected_model)
 
 
-def test_a_second_signal_exits_at_once_and_leaves_a_whole_checkpoint(tmp_path):
-    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--checkpoint-every", "1"]
+def test_a_second_signal_exits_at_once_and_leaves_the_last_boundary(tmp_path):
+    """With no periodic checkpoints (--checkpoint-every 0, the default), the second Ctrl-C too
+    leaves the last iteration boundary on disk, and the command that resumes from it."""
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED]
     process = python(
         tmp_path, str(ROOT / "ppo_discrete.py"), *flags, "--total-timesteps", str(500 * BATCH)
     )
     wait_for_progress_lines(process, 3)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    # The first signal's orderly exit, or the second one's immediate end: either way no traceback.
-    assert process.returncode in (128 + signal.SIGINT, -signal.SIGINT)
-    assert "Traceback" not in stderr
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT and stderr == ""
     (run_dir,) = (tmp_path / "runs").iterdir()
-    # (an iteration prints its progress line just before its boundary is checkpointed)
-    assert load(run_dir / "checkpoint.pt")["iteration"] >= 2
+    # (an iteration prints its progress line just before its boundary is kept)
+    iteration = load(run_dir / "checkpoint.pt")["iteration"]
+    assert iteration >= 2
+    assert stdout.splitlines()[-1].startswith(f"stopped by SIGINT after iteration {iteration}; ")
+
+
+def test_a_signal_during_the_final_evaluation_stops_it(tmp_path):
+    """Training is over (its checkpoint written); SIGTERM ends the long evaluation at once."""
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--total-timesteps", "200"]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, "--eval-episodes", "1000000")
+    wait_for_progress_lines(process, 2)  # the last iteration's: evaluation starts
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM and stderr == ""
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load(run_dir / "checkpoint.pt")["iteration"] == 2
+
+
+def test_ctrl_c_in_eval_only_exits_130_without_a_traceback(saved_runs, tmp_path):
+    run_dir = saved_runs["ppo_discrete.py"]
+    flags = ["--eval-only", str(run_dir), "--eval-episodes", "1000000"]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags)
+    assert process.stdout.readline().startswith(f"evaluating {run_dir}/checkpoint.pt: 1000000 ")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGINT and stderr == ""
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(tmp_path):
@@ -139,7 +165,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(t
     assert saved_iteration >= 3 and saved_iteration % 3 == 0
     assert len(scalars(run_dir)["charts/SPS"]) >= saved_iteration  # the log reaches that far
 
-    run_to_success(tmp_path, str(ROOT / "ppo_continuous.py"), "--resume", str(run_dir))
+    resume = ["--resume", str(run_dir), *toy_env("ConstantReward", "ppo_continuous.py")]
+    run_to_success(tmp_path, str(ROOT / "ppo_continuous.py"), *resume)
     steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
     assert steps == [BATCH * i for i in range(1, num_iterations + 1)]
 
@@ -179,6 +206,80 @@ def test_a_non_finite_loss_stops_the_run_before_the_optimizer_step(tmp_path, scr
     assert all(tensor.isfinite().all() for tensor in checkpoint["model"].values())
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_non_finite_final_observation_is_the_envs_not_the_losss(tmp_path, script):
+    """A truncated episode's last observation (infos["final_obs"]) is checked like the others:
+    NaN at step TIME_LIMIT of both envs, the last step of iteration 1."""
+    flags = [*toy_env("NaNFinalObservation", script), *ALIGNED, "--norm-obs"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, *flags, "--total-timesteps", str(4 * BATCH))
+    assert exit_info.value.code.startswith(
+        f"error: env 0 returned a non-finite observation or reward at global step {BATCH}; "
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("fails_in", ["reset", "step"])
+def test_an_env_that_raises_in_training_ends_it_with_one_line(tmp_path, script, fails_in):
+    """The env's error in one line; its traceback in the run directory; the checkpoint kept."""
+    flags = [*toy_env(f"FailingIn{fails_in.title()}", script), *ALIGNED]
+    process = python(tmp_path, str(ROOT / script), *flags, "--total-timesteps", str(8 * BATCH))
+    _, stderr = process.communicate(timeout=60)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert process.returncode == 1 and stderr.count("\n") == 1
+    assert stderr.startswith(
+        "error: training failed: RuntimeError: broken on purpose "
+        f"(traceback in runs/{run_dir.name}/traceback.txt)"
+    )
+    assert "broken on purpose" in (run_dir / "traceback.txt").read_text()
+    if fails_in == "step":  # at its 120th step: in iteration 3 (2 envs, 50 steps each)
+        assert stderr.endswith(f"; the last good state is in runs/{run_dir.name}/checkpoint.pt\n")
+        assert load(run_dir / "checkpoint.pt")["iteration"] == 2
+
+
+def test_discrete_actions_that_start_at_1_are_the_envs_actions(run_script):
+    """Discrete(3, start=1): the env gets 1, 2, 3 (it raises on anything else), in training and
+    evaluation; it rewards 3, which the policy learns to take."""
+    flags = ["--env-id", "toy_envs:ShiftedActionsDiscrete-v0", "--num-envs", "2"]
+    flags += ["--num-steps", "50", "--total-timesteps", "3000", "--eval-episodes", "1"]
+    run_dir = run_script("ppo_discrete.py", *flags)
+    assert scalars(run_dir)["eval/episodic_return"][0] >= 45  # of 50 steps
+
+
+def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path):
+    """Two real processes with the same env, exp-name and seed, their names for the next minute
+    already taken: each run gets a new directory, and writes only there."""
+    now = int(time.time())
+    taken = {f"CartPole-v1__same__1__{second}" for second in range(now, now + 60)}
+    for name in taken:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    flags = [str(ROOT / "ppo_discrete.py"), "--exp-name", "same", "--total-timesteps", "512"]
+    processes = [python(tmp_path, *flags, "--save-model", "--eval-episodes", "1") for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    new = {path.name for path in (tmp_path / "runs").iterdir()} - taken
+    assert len(new) == 2
+    for name in new:
+        assert {"agent.pt", "checkpoint.pt"} <= {
+            path.name for path in (tmp_path / "runs" / name).iterdir()
+        }
+    assert not any(any((tmp_path / "runs" / name).iterdir()) for name in taken)
+
+
+@pytest.mark.parametrize(
+    ("exp_name", "expected"),
+    [
+        ("../../outside", "CartPole-v1__.._.._outside__1__"),
+        ("x" * 300, "CartPole-v1__" + "x" * 187),
+    ],
+)
+def test_user_text_in_the_run_name_stays_inside_runs(tmp_path, exp_name, expected):
+    flags = [*TINY, "--exp-name", exp_name, "--eval-episodes", "0"]
+    run_dir = run_in(tmp_path / "work", "ppo_discrete.py", *flags)
+    assert run_dir.name.startswith(expected) and len(run_dir.name) <= 200
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["work"]
+
+
 class CodeOnLoad:
     """Unpickling this runs a shell command that creates a file."""
 
@@ -212,6 +313,10 @@ def write_bad_files(directory, script: str, run_dir) -> dict:
         "code in a pickle": (pickle.dumps(CodeOnLoad(directory / "pwned")), not_ours),
         "code in a torch file": ({"model": CodeOnLoad(directory / "pwned")}, "refused"),
         "foreign dict": ({"model": {}}, not_ours),
+        "mistyped arguments": (
+            {**checkpoint, "args": {**checkpoint["args"], "num_envs": "2"}},
+            "its saved num_envs '2' is not a <class 'int'>",
+        ),
         "the other script's": ({**checkpoint, "script": other_script}, not_ours),
         "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "has no optimizer"),
         "other spaces": ({**checkpoint, "spaces": ["Box(3,)", "Box(9,)"]}, "is for spaces"),
@@ -268,7 +373,7 @@ def test_resume_and_eval_only_refuse_flags_they_would_ignore(saved_runs, tmp_pat
         # typed, though equal to the saved value or the default: it would still be ignored
         (["--resume", str(run_dir), "--seed", "1"], "--seed cannot be set with --resume"),
         (["--resume", str(run_dir), "--anneal_lr"], "--anneal-lr cannot be set with --resume"),
-        (["--eval-only", str(run_dir), "--env-id", DEFAULT_ENV[script]], "--env-id cannot be"),
+        (["--eval-only", str(run_dir), "--env-id", "Acrobot-v1"], "is not the saved run's env"),
         (["--eval-only", str(run_dir), "--no-norm-obs"], "--norm-obs cannot be set"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
@@ -302,24 +407,74 @@ def test_a_complete_run_resumes_to_nothing_and_a_larger_budget_extends_it(tmp_pa
     run_dir = run_in(tmp_path, script, *flags, "--total-timesteps", str(2 * BATCH))
     files = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     capsys.readouterr()
+    resume = ["--resume", str(run_dir), *toy_env("ConstantReward", script)]
     with pytest.raises(SystemExit) as exit_info:
-        run_in(tmp_path, script, "--resume", str(run_dir))
+        run_in(tmp_path, script, *resume)
     assert exit_info.value.code == 0
     assert f"{run_dir} is complete (2 iterations, {2 * BATCH} steps)" in capsys.readouterr().out
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == files
 
     with pytest.raises(SystemExit) as exit_info:
-        run_in(tmp_path, script, "--resume", str(run_dir), "--total-timesteps", str(BATCH))
+        run_in(tmp_path, script, *resume, "--total-timesteps", str(BATCH))
     assert exit_info.value.code == (
         f"error: --total-timesteps {BATCH} is below the {2 * BATCH} steps the run has trained"
     )
 
-    run_in(tmp_path, script, "--resume", str(run_dir), "--total-timesteps", str(4 * BATCH))
+    run_in(tmp_path, script, *resume, "--total-timesteps", str(4 * BATCH))
     checkpoint = load(run_dir / "checkpoint.pt")
     assert checkpoint["iteration"] == 4 and checkpoint["args"]["total_timesteps"] == 4 * BATCH
     # §8.4 lr(i) = 0.01 (1 - (i - 1) / iterations): 2 iterations, then 4
     expected_lr = [0.01, 0.005, 0.005, 0.0025]
     assert scalars(run_dir)["charts/learning_rate"] == pytest.approx(expected_lr)
+
+
+@pytest.mark.parametrize("mode", ["--resume", "--eval-only"])
+def test_a_saved_env_id_never_imports_a_module_the_command_line_does_not_name(
+    saved_runs, tmp_path, monkeypatch, mode
+):
+    """gym.make("module:EnvId") imports module: a tampered file must not pick code to run, although
+    it loads with weights_only=True."""
+    marker = tmp_path / "imported"
+    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")
+    checkpoint["args"]["env_id"] = "planted:CartPole-v1"
+    checkpoint["iteration"] = 1  # unfinished, so --resume would go on
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path / "work", "ppo_discrete.py", mode, str(tmp_path / "checkpoint.pt"))
+    assert exit_info.value.code == (
+        "error: the saved run's env planted:CartPole-v1 imports the module planted: if you trust "
+        "it, confirm with --env-id planted:CartPole-v1"
+    )
+    assert not marker.exists()
+
+
+def test_resume_never_replaces_a_checkpoint_further_on_than_its_own(saved_runs, tmp_path):
+    """--resume of an older copy beside the run's checkpoint.pt would overwrite it: refused."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")  # 2 iterations, 512 steps
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    older = {**checkpoint, "iteration": 1, "global_step": 256}
+    torch.save(older, run_dir / "backup.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir / "backup.pt"))
+    assert exit_info.value.code.startswith(
+        f"error: {run_dir}/checkpoint.pt is further on (step 512) than {run_dir}/backup.pt (step "
+        "256), and resuming would replace it"
+    )
+    assert load(run_dir / "checkpoint.pt")["global_step"] == 512
+
+
+def test_resume_of_a_bare_file_name_writes_in_the_working_directory(saved_runs, tmp_path):
+    """`--resume checkpoint.pt` in the run's directory continues the run there."""
+    checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    script = str(ROOT / "ppo_discrete.py")
+    run_to_success(tmp_path, script, "--resume", "checkpoint.pt", "--total-timesteps", "768")
+    assert load(tmp_path / "checkpoint.pt")["global_step"] == 768
+    assert list(tmp_path.glob("events.out.tfevents.*")) and not (tmp_path / "runs").exists()
 
 
 def test_a_gif_rendered_without_a_display_prints_its_path_and_no_error(saved_runs, monkeypatch):

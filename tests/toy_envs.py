@@ -11,9 +11,13 @@ class ConstantRewardEnv(gym.Env):
     """Reward 1 every step and always the same observation (zeros): the MDP never terminates, only
     the TimeLimit wrapper truncates it, so the true value of every state is 1 / (1 - gamma)."""
 
-    def __init__(self, continuous: bool, obs_shape: tuple[int, ...] = (2,)) -> None:
+    def __init__(
+        self, continuous: bool, obs_shape: tuple[int, ...] = (2,), action_space=None
+    ) -> None:
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=obs_shape, dtype=np.float32)
-        if continuous:
+        if action_space is not None:
+            self.action_space = action_space
+        elif continuous:
             self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         else:
             self.action_space = gym.spaces.Discrete(2)
@@ -57,6 +61,80 @@ class HugeRewardEnv(ConstantRewardEnv):
         return obs, 1e38, terminated, truncated, info
 
 
+class StrictActionEnv(ConstantRewardEnv):
+    """ConstantRewardEnv that raises if an action is not in its action space (e.g. 0 for a
+    Discrete(3, start=1)), and rewards the highest action (so a policy can learn to take it)."""
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        obs, _, terminated, truncated, info = super().step(action)
+        return (
+            obs,
+            float(action == self.action_space.start + self.action_space.n - 1),
+            terminated,
+            truncated,
+            info,
+        )
+
+
+class NaNFinalObservationEnv(ConstantRewardEnv):
+    """ConstantRewardEnv whose last observation before the time limit is NaN: the truncated
+    episode's final observation, which the vector env hands over in infos["final_obs"]."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.steps == TIME_LIMIT:
+            obs = np.full_like(obs, np.nan)
+        return obs, reward, terminated, truncated, info
+
+
+class FailingEnv(ConstantRewardEnv):
+    """ConstantRewardEnv whose code raises: in its constructor, its reset, or its FAIL_STEP-th
+    step (after the first iterations of the tests' runs)."""
+
+    FAIL_STEP = 120
+
+    def __init__(self, continuous: bool, fails_in: str) -> None:
+        if fails_in == "constructor":
+            raise RuntimeError("broken on purpose")
+        super().__init__(continuous)
+        self.fails_in, self.steps = fails_in, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if self.fails_in == "reset":
+            raise RuntimeError("broken on purpose")
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.steps += 1
+        if self.fails_in == "step" and self.steps == self.FAIL_STEP:
+            raise RuntimeError("broken on purpose")
+        return super().step(action)
+
+
+gym.register(  # actions 1, 2, 3
+    "ShiftedActionsDiscrete-v0",
+    entry_point=StrictActionEnv,
+    max_episode_steps=TIME_LIMIT,
+    kwargs={"continuous": False, "action_space": gym.spaces.Discrete(3, start=1)},
+)
+for name, action_space in (
+    ("MatrixActionsBox-v0", gym.spaces.Box(-1.0, 1.0, shape=(2, 2))),
+    ("IntegerActionsBox-v0", gym.spaces.Box(-3, 3, shape=(1,), dtype=np.int64)),
+):
+    gym.register(
+        name,
+        entry_point=ConstantRewardEnv,
+        max_episode_steps=TIME_LIMIT,
+        kwargs={"continuous": True, "action_space": action_space},
+    )
+
 for kind, continuous in (("Box", True), ("Discrete", False)):
     gym.register(
         f"ConstantReward{kind}-v0",
@@ -71,7 +149,14 @@ for kind, continuous in (("Box", True), ("Discrete", False)):
         max_episode_steps=TIME_LIMIT,
         kwargs={"continuous": continuous, "obs_shape": (4, 4, 3)},
     )
-    for env_class in (NaNObservationEnv, HugeRewardEnv):
+    for fails_in in ("constructor", "reset", "step"):
+        gym.register(
+            f"FailingIn{fails_in.title()}{kind}-v0",
+            entry_point=FailingEnv,
+            max_episode_steps=TIME_LIMIT,
+            kwargs={"continuous": continuous, "fails_in": fails_in},
+        )
+    for env_class in (NaNObservationEnv, HugeRewardEnv, NaNFinalObservationEnv):
         gym.register(
             f"{env_class.__name__.removesuffix('Env')}{kind}-v0",
             entry_point=env_class,
