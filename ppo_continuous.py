@@ -614,7 +614,9 @@ def main() -> dict:
         if (error := newer_checkpoint_error(saved_path, saved)) is not None:
             sys.exit(f"error: {error}")
     try:
-        envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
+        envs = make_envs_ignoring_signals(
+            args.env_id, args.num_envs // world_size, args.vector_mode
+        )
     except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)
         sys.exit(f"error: cannot make env {args.env_id!r}: {one_line(e)}")
     if (error := env_error(args, envs, saved)) is not None:
@@ -885,6 +887,9 @@ def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
         raise ValueError(
             f"{path} has no {', '.join(missing)}: is it an agent.pt, not a checkpoint?"
         )
+    for key in ("iteration", "global_step"):
+        if key in keys and (type(checkpoint[key]) is not int or checkpoint[key] < 0):
+            raise ValueError(f"{path} has {key} {checkpoint[key]!r}, not a count")
     return checkpoint
 
 
@@ -903,12 +908,16 @@ def load_states(saved: dict, objects: dict) -> None:
 
 def save_atomically(checkpoint: dict, path: str) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over `path`: a crash or
-    a second Ctrl-C leaves the old file or the new one at `path`, never half of one."""
-    with open(f"{path}.tmp", "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f"{path}.tmp", path)
+    a full disk leaves the old file or the new one at `path`, never half of one."""
+    try:
+        with open(f"{path}.tmp", "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f"{path}.tmp", path)
+    finally:  # (a failed write's temp file would only take the space a full disk lacks)
+        if os.path.exists(f"{path}.tmp"):
+            os.remove(f"{path}.tmp")
 
 
 def announce_run(args: Args, run_dir: str, start_iteration: int, num_iterations: int) -> None:
@@ -1030,6 +1039,20 @@ class Checkpointer:
                 f"--resume {self.run_dir}{env_confirmation(self.run['args']['env_id'])}",
                 flush=True,
             )
+
+
+def make_envs_ignoring_signals(
+    env_id: str, num_envs: int, vector_mode: str
+) -> gym.vector.VectorEnv:
+    """make_envs, with Ctrl-C and SIGTERM ignored meanwhile. --vector-mode async's worker processes
+    keep ignoring them: a terminal's Ctrl-C, sent to every process of the job, would end them
+    mid-step; this process stops them when training stops."""
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        return make_envs(env_id, num_envs, vector_mode)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def exit_on_signal(signum: int, frame: object) -> None:

@@ -1,5 +1,7 @@
 """Long runs: checkpoints, resuming after a signal, non-finite guards, untrusted files, eval-only."""
 
+import contextlib
+import errno
 import os
 import pickle
 import re
@@ -11,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, run_in, scalar_events, scalars
+from conftest import ROOT, SCRIPTS, import_script, run_in, scalar_events, scalars
 from PIL import Image
 from test_scripts import TINY
 from toy_envs import TIME_LIMIT, NaNObservationEnv
@@ -28,7 +30,7 @@ def toy_env(name: str, script: str) -> list[str]:
     return ["--env-id", f"toy_envs:{name}{ACTION_KIND[script]}-v0"]
 
 
-def python(cwd, *args: str) -> subprocess.Popen:
+def python(cwd, *args: str, **popen_args) -> subprocess.Popen:
     """`python ARGS...` in a real process, its stdout readable line by line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # for `toy_envs:...` env ids
     return subprocess.Popen(
@@ -38,6 +40,7 @@ def python(cwd, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen_args,
     )
 
 
@@ -126,6 +129,19 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_boundary(tmp_path):
     iteration = load(run_dir / "checkpoint.pt")["iteration"]
     assert iteration >= 2
     assert stdout.splitlines()[-1].startswith(f"stopped by SIGINT after iteration {iteration}; ")
+
+
+def test_a_ctrl_c_to_the_whole_job_stops_async_envs_in_order(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the job: --vector-mode async's env workers too,
+    which ignore it, so the run stops at its boundary as in one process."""
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--vector-mode", "async"]
+    flags += ["--total-timesteps", str(500 * BATCH)]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, start_new_session=True)
+    wait_for_progress_lines(process, 2)
+    os.killpg(process.pid, signal.SIGINT)  # the terminal's way: the whole process group
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT and stderr == ""
+    assert stdout.splitlines()[-1].startswith("stopped by SIGINT after iteration ")
 
 
 def test_a_signal_during_the_final_evaluation_stops_it(tmp_path):
@@ -313,6 +329,7 @@ def write_bad_files(directory, script: str, run_dir) -> dict:
         "code in a pickle": (pickle.dumps(CodeOnLoad(directory / "pwned")), not_ours),
         "code in a torch file": ({"model": CodeOnLoad(directory / "pwned")}, "refused"),
         "foreign dict": ({"model": {}}, not_ours),
+        "a step that is no count": ({**checkpoint, "global_step": -5}, "has global_step -5"),
         "mistyped arguments": (
             {**checkpoint, "args": {**checkpoint["args"], "num_envs": "2"}},
             "its saved num_envs '2' is not a <class 'int'>",
@@ -342,8 +359,8 @@ def test_bad_checkpoints_are_refused_with_one_line_and_never_run(
     saved_runs, tmp_path, script, mode
 ):
     for name, (path, fragment) in write_bad_files(tmp_path, script, saved_runs[script]).items():
-        if mode == "--eval-only" and name == "an agent.pt":
-            continue  # eval-only takes an agent.pt
+        if mode == "--eval-only" and name in ("an agent.pt", "a step that is no count"):
+            continue  # eval-only takes an agent.pt, which has no step
         with pytest.raises(SystemExit) as exit_info:
             run_in(tmp_path / "work", script, mode, str(path))
         message = exit_info.value.code
@@ -433,21 +450,28 @@ def test_a_saved_env_id_never_imports_a_module_the_command_line_does_not_name(
     saved_runs, tmp_path, monkeypatch, mode
 ):
     """gym.make("module:EnvId") imports module: a tampered file must not pick code to run, although
-    it loads with weights_only=True."""
+    it loads with weights_only=True. Named on the command line, the module is imported."""
+    module = f"planted_{mode.removeprefix('--').replace('-', '_')}"  # (imported once per process)
     marker = tmp_path / "imported"
-    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(tmp_path)
     checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")
-    checkpoint["args"]["env_id"] = "planted:CartPole-v1"
+    checkpoint["args"]["env_id"] = f"{module}:CartPole-v1"
     checkpoint["iteration"] = 1  # unfinished, so --resume would go on
-    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    run_dir = tmp_path / "work" / "runs" / "planted"
+    run_dir.mkdir(parents=True)
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
     with pytest.raises(SystemExit) as exit_info:
-        run_in(tmp_path / "work", "ppo_discrete.py", mode, str(tmp_path / "checkpoint.pt"))
+        run_in(tmp_path / "work", "ppo_discrete.py", mode, str(run_dir))
     assert exit_info.value.code == (
-        "error: the saved run's env planted:CartPole-v1 imports the module planted: if you trust "
-        "it, confirm with --env-id planted:CartPole-v1"
+        f"error: the saved run's env {module}:CartPole-v1 imports the module {module}: if you "
+        f"trust it, confirm with --env-id {module}:CartPole-v1"
     )
     assert not marker.exists()
+    confirmed = [mode, str(run_dir), "--env-id", f"{module}:CartPole-v1"]
+    with contextlib.suppress(SystemExit):  # (--eval-only exits 0)
+        run_in(tmp_path / "work", "ppo_discrete.py", *confirmed)
+    assert marker.exists()
 
 
 def test_resume_never_replaces_a_checkpoint_further_on_than_its_own(saved_runs, tmp_path):
@@ -477,6 +501,37 @@ def test_resume_of_a_bare_file_name_writes_in_the_working_directory(saved_runs, 
     assert list(tmp_path.glob("events.out.tfevents.*")) and not (tmp_path / "runs").exists()
 
 
+def test_a_full_disk_ends_the_run_with_one_line(tmp_path, monkeypatch):
+    """The periodic checkpoint cannot be written (as on a full disk): one line, the traceback
+    kept, no half-written checkpoint.pt."""
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--checkpoint-every", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "ppo_discrete.py", *flags, "--total-timesteps", str(4 * BATCH))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert exit_info.value.code == (
+        "error: training failed: OSError: [Errno 28] No space left on device "
+        f"(traceback in runs/{run_dir.name}/traceback.txt)"
+    )
+    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.pt.tmp").exists()
+
+
+def test_a_working_directory_that_takes_no_run_directory_is_one_line(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "ppo_discrete.py", *TINY)
+    assert exit_info.value.code == (
+        f"error: cannot make the run directory in {tmp_path}: Read-only file system"
+    )
+
+
 def test_a_gif_rendered_without_a_display_prints_its_path_and_no_error(saved_runs, monkeypatch):
     """On a headless machine SDL would print "error: XDG_RUNTIME_DIR is invalid ..." while
     rendering; the GIF of a saved agent goes beside it."""
@@ -489,6 +544,17 @@ def test_a_gif_rendered_without_a_display_prints_its_path_and_no_error(saved_run
     assert process.returncode == 0 and stderr == ""
     assert f"gif saved to {run_dir.name}/episode.gif" in stdout
     assert Image.open(run_dir / "episode.gif").n_frames > 100  # (PIL merges equal frames)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_saved_statistics_of_another_shape_do_not_load(script):
+    module = import_script(script)
+    saved = {"obs_rms": module.RunningMeanStd((5,)).state_dict()}
+    with pytest.raises(SystemExit) as exit_info:
+        module.load_states(saved, {"obs_rms": module.RunningMeanStd((3,))})
+    assert exit_info.value.code == (
+        "error: the saved obs_rms does not fit this script's network: its shape is (5,)"
+    )
 
 
 def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_path):
