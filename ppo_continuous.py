@@ -246,14 +246,14 @@ def normalize_obs(
 
 
 def compute_gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    next_values: torch.Tensor,
-    terminations: torch.Tensor,
-    truncations: torch.Tensor,
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminations: np.ndarray,
+    truncations: np.ndarray,
     gamma: float,
     gae_lambda: float,
-) -> torch.Tensor:
+) -> np.ndarray:
     """§4.2 generalized advantage estimation, backwards in time, for every env at once (§7.2).
     All inputs and the advantages returned are (num_steps, num_envs). values[t] = V(s_t);
     next_values[t] = V(s_{t+1}) of the state that really followed step t (§7.4: for a truncated
@@ -261,11 +261,11 @@ def compute_gae(
     - terminations[t]: s_{t+1} is terminal, its value is zero, so δ_t does not bootstrap;
     - terminations[t] or truncations[t]: the episode ended, so the sum over future δ stops at t.
     """
-    episode_ends = torch.maximum(terminations, truncations)
+    episode_ends = np.maximum(terminations, truncations)
     # δ_t = r_t + γ V(s_{t+1}) - V(s_t), with V(terminal) = 0
     deltas = rewards + gamma * next_values * (1.0 - terminations) - values
-    advantages = torch.zeros_like(rewards)
-    last_advantage = torch.zeros_like(rewards[0])  # (num_envs,)
+    advantages = np.zeros_like(rewards)
+    last_advantage = np.zeros_like(rewards[0])  # (num_envs,)
     for t in reversed(range(rewards.shape[0])):
         # Â_t = δ_t + γλ (1 - done_t) Â_{t+1}
         last_advantage = deltas[t] + gamma * gae_lambda * (1.0 - episode_ends[t]) * last_advantage
@@ -332,15 +332,17 @@ def train(
     broadcast_parameters(agent)  # Part 2: under torchrun, all ranks start from rank 0's
     writer = tensorboard_writer(args, run_dir, saved) if rank == 0 else None  # rank 0 alone logs
 
-    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...)
-    obs = torch.zeros((args.num_steps, num_envs) + observation_space.shape, device=device)
-    actions = torch.zeros((args.num_steps, num_envs) + action_space.shape, device=device)
-    logprobs = torch.zeros((args.num_steps, num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, num_envs), device=device)
-    terminations = torch.zeros((args.num_steps, num_envs), device=device)
-    truncations = torch.zeros((args.num_steps, num_envs), device=device)
-    values = torch.zeros((args.num_steps, num_envs), device=device)
-    final_values = torch.zeros((args.num_steps, num_envs), device=device)  # §7.4 V(final_obs)
+    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...): numpy arrays, as
+    # the envs' data is (filled a row per step, they cost far less than tensors; the batch becomes
+    # tensors once per rollout)
+    obs = np.zeros((args.num_steps, num_envs) + observation_space.shape, dtype=np.float32)
+    actions = np.zeros((args.num_steps, num_envs) + action_space.shape, dtype=np.float32)
+    logprobs = np.zeros((args.num_steps, num_envs), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, num_envs), dtype=np.float32)
+    values = np.zeros((args.num_steps, num_envs), dtype=np.float32)
+    final_values = np.zeros((args.num_steps, num_envs), dtype=np.float32)  # §7.4 V(final_obs)
 
     start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
@@ -364,15 +366,15 @@ def train(
             finished_episodes = []  # (global_step, return, length) of each episode that ends
             for step in range(args.num_steps):
                 global_step += args.num_envs  # all ranks' steps
-                obs[step] = next_obs
+                obs[step] = next_obs.cpu().numpy()
                 with torch.inference_mode():
                     action, logprob, _, value = agent.get_action_and_value(next_obs)
-                values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
+                values[step] = value.flatten().cpu().numpy()
+                actions[step] = action.cpu().numpy()
+                logprobs[step] = logprob.cpu().numpy()
 
                 # The batch keeps the sampled action (its log-prob's); the env gets it clipped.
-                env_action = np.clip(action.cpu().numpy(), action_space.low, action_space.high)
+                env_action = np.clip(actions[step], action_space.low, action_space.high)
                 next_obs_raw, reward, terminated, truncated, infos = envs.step(env_action)
                 stop_if_nonfinite_env(next_obs_raw, reward, infos, global_step, checkpointer.path)
                 if obs_rms is not None:
@@ -384,9 +386,7 @@ def train(
                         reward / np.sqrt(return_rms.var + EPSILON), -NORM_CLIP, NORM_CLIP
                     )
                     discounted_return[terminated | truncated] = 0.0
-                rewards[step] = torch.as_tensor(reward, device=device)
-                terminations[step] = torch.as_tensor(terminated, device=device)
-                truncations[step] = torch.as_tensor(truncated, device=device)
+                rewards[step], terminations[step], truncations[step] = reward, terminated, truncated
                 next_obs = normalize_obs(next_obs_raw, obs_rms, device)
 
                 # §7.4 A time limit cut these episodes; the MDP did not end them. Bootstrap from
@@ -397,7 +397,8 @@ def train(
                     final_obs = np.stack(infos["final_obs"][truncated_envs])
                     final_obs = normalize_obs(final_obs, obs_rms, device)
                     with torch.inference_mode():
-                        final_values[step, truncated_envs] = agent.get_value(final_obs).flatten()
+                        final_value = agent.get_value(final_obs).flatten().cpu().numpy()
+                    final_values[step, truncated_envs] = final_value
 
                 # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
                 if "episode" in infos.get("final_info", {}):
@@ -410,23 +411,23 @@ def train(
 
             # §9.1 phase 2: advantages and returns
             with torch.inference_mode():
-                next_value = agent.get_value(next_obs).flatten()  # (num_envs,)
+                next_value = agent.get_value(next_obs).flatten().cpu().numpy()  # (num_envs,)
             # §7.3 V(s_{t+1}) of each step's true successor: the next row of `values`, V(next_obs)
             # after the last step, and (§7.4) V(final_obs) where the episode was truncated.
-            next_values = torch.cat((values[1:], next_value.unsqueeze(0)))  # (num_steps, num_envs)
-            next_values = torch.where(truncations.bool(), final_values, next_values)
+            next_values = np.concatenate((values[1:], next_value[None]))  # (num_steps, num_envs)
+            next_values = np.where(truncations.astype(bool), final_values, next_values)
             advantages = compute_gae(
                 rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
             )  # (num_steps, num_envs)
             returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
 
-            # flatten the batch: (num_steps, num_envs, ...) -> (batch_size, ...)
-            b_obs = obs.reshape((-1,) + observation_space.shape)
-            b_actions = actions.reshape((-1,) + action_space.shape)
-            b_logprobs = logprobs.reshape(-1)
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
-            b_values = values.reshape(-1)
+            # the batch as tensors, flattened: (num_steps, num_envs, ...) -> (batch_size, ...)
+            b_obs = torch.as_tensor(obs, device=device).reshape((-1,) + observation_space.shape)
+            b_actions = torch.as_tensor(actions, device=device).reshape((-1,) + action_space.shape)
+            b_logprobs = torch.as_tensor(logprobs, device=device).reshape(-1)
+            b_advantages = torch.as_tensor(advantages, device=device).reshape(-1)
+            b_returns = torch.as_tensor(returns, device=device).reshape(-1)
+            b_values = torch.as_tensor(values, device=device).reshape(-1)
 
             # §9.1 phase 3: update_epochs passes over shuffled minibatches
             stats = defaultdict(list)  # each minibatch's figures (tensors), averaged for the log
@@ -489,7 +490,7 @@ def train(
                     recent_returns.append(float(episodic_return))
                     writer.add_scalar("charts/episodic_return", episodic_return, end_step)
                     writer.add_scalar("charts/episodic_length", episodic_length, end_step)
-                y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+                y_pred, y_true = values, returns
                 var_y = np.var(y_true)
                 explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
                 sps = int((global_step - start_step) / (time.time() - start_time))

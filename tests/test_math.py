@@ -59,7 +59,9 @@ def brute_force_gae(rollout: dict[str, torch.Tensor], gamma: float, lam: float) 
 
 
 def gae(module, rollout: dict[str, torch.Tensor], gamma: float, lam: float) -> torch.Tensor:
-    return module.compute_gae(**rollout, gamma=gamma, gae_lambda=lam)
+    """The script's compute_gae, which takes and returns the rollout's numpy arrays."""
+    arrays = {key: value.numpy() for key, value in rollout.items()}
+    return torch.from_numpy(module.compute_gae(**arrays, gamma=gamma, gae_lambda=lam))
 
 
 @pytest.mark.parametrize("module", MODULES)
