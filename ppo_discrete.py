@@ -9,6 +9,7 @@ what long runs and many processes need. §N: the README's "The math, section by 
 
 import copy
 import itertools
+import math
 import os
 import pickle
 import random
@@ -18,9 +19,9 @@ import time
 import traceback
 import warnings
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal, get_args, get_origin
+from typing import BinaryIO, Literal, get_args, get_origin
 
 import gymnasium as gym
 import numpy as np
@@ -279,6 +280,58 @@ def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - all_advantages.mean()) / (all_advantages.std() + EPSILON)
 
 
+class Adam:
+    """§8.4 Adam (Kingma & Ba, 2015), as torch.optim.Adam computes it, with its state_dict layout,
+    written out: creating a torch.optim optimizer imports torch._dynamo, a second of every run."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, eps: float = 1e-8) -> None:
+        self.params, self.lr, self.eps = list(params), lr, eps
+        self.beta1, self.beta2 = 0.9, 0.999  # the decay rates of the moment estimates
+        self.steps = 0
+        self.m = [torch.zeros_like(param) for param in self.params]  # first moments, of g
+        self.v = [torch.zeros_like(param) for param in self.params]  # second moments, of g²
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """θ ← θ - lr m̂ / (√v̂ + ε), where m̂ = m / (1 - β1^t) and v̂ = v / (1 - β2^t) undo the
+        moments' start at 0."""
+        self.steps += 1
+        m_correction, v_correction = 1 - self.beta1**self.steps, 1 - self.beta2**self.steps
+        for param, m, v in zip(self.params, self.m, self.v):
+            if param.grad is None:  # (not in the loss: left as it is, as torch.optim does)
+                continue
+            m.lerp_(param.grad, 1 - self.beta1)  # m ← β1 m + (1 - β1) g
+            v.mul_(self.beta2).addcmul_(param.grad, param.grad, value=1 - self.beta2)
+            denominator = (v.sqrt() / math.sqrt(v_correction)).add_(self.eps)  # √v̂ + ε
+            param.addcdiv_(m, denominator, value=-self.lr / m_correction)
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    def state_dict(self) -> dict:
+        state = {}  # per parameter, as torch.optim.Adam keeps it
+        for i, (m, v) in enumerate(zip(self.m, self.v)):
+            state[i] = {"step": torch.tensor(float(self.steps)), "exp_avg": m, "exp_avg_sq": v}
+        group = {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps}
+        return {
+            "state": state,
+            "param_groups": [{**group, "weight_decay": 0, "params": list(state)}],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for i, (m, v) in enumerate(zip(self.m, self.v)):
+            if i in state_dict["state"]:  # (torch.optim.Adam's state is empty before a step)
+                saved = state_dict["state"][i]
+                if saved["exp_avg"].shape != m.shape or saved["exp_avg_sq"].shape != v.shape:
+                    raise ValueError(f"moments of shape {tuple(saved['exp_avg'].shape)}")
+                m.copy_(saved["exp_avg"])
+                v.copy_(saved["exp_avg_sq"])
+                self.steps = int(saved["step"])
+        group = state_dict["param_groups"][0]
+        self.lr, self.eps = group["lr"], group["eps"]
+
+
 def train(
     args: Args, envs: gym.vector.VectorEnv, device: torch.device, run_dir: str, saved: dict | None
 ) -> dict:
@@ -297,8 +350,7 @@ def train(
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     agent = Agent(envs).to(device)
-    # §8.4 Adam; fused=True runs its update of all parameters as one kernel, much faster here.
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    optimizer = Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)  # §8.4
     obs_rms = RunningMeanStd(observation_space.shape) if args.norm_obs else None  # §8.5
     return_rms = RunningMeanStd() if args.norm_reward else None
     trained = {"model": agent, "optimizer": optimizer, "obs_rms": obs_rms, "return_rms": return_rms}
@@ -335,7 +387,7 @@ def train(
         for iteration in range(start_iteration + 1, num_iterations + 1):
             if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
                 frac = 1.0 - (iteration - 1.0) / num_iterations
-                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+                optimizer.lr = frac * args.learning_rate
 
             # §9.1 phase 1: rollout collection
             rollout_start = time.time()
@@ -472,7 +524,7 @@ def train(
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 scalars = {f"losses/{key}": value for key, value in zip(stats, losses.tolist())}
                 scalars["losses/explained_variance"] = explained_var
-                scalars["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
+                scalars["charts/learning_rate"] = optimizer.lr
                 scalars |= {"charts/SPS": sps, "charts/rollout_SPS": rollout_sps}
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, global_step)
@@ -496,13 +548,13 @@ def train(
                 break
     envs.close()
     leave_process_group()  # Part 2: under torchrun, the ranks wait for each other and part
+    if rank == 0 and args.save_model:  # the agent at the last iteration boundary
+        agent_file = {key: checkpointer.state[key] for key in AGENT_KEYS}
+        write_atomically(f"{run_dir}/agent.pt", lambda f: torch.save(agent_file, f))  # Part 2
+        print(f"model saved to {run_dir}/agent.pt")
     checkpointer.exit_if_stopped()  # Part 2: after a signal, prints how to resume and exits
 
-    if rank == 0:  # saving and evaluating the agent
-        if args.save_model:
-            agent_file = {key: checkpointer.state[key] for key in AGENT_KEYS}
-            save_atomically(agent_file, f"{run_dir}/agent.pt")
-            print(f"model saved to {run_dir}/agent.pt")
+    if rank == 0:  # evaluating the agent
         if args.eval_episodes > 0:
             gif_path = f"{run_dir}/episode.gif" if args.capture_gif else None
             eval_returns = evaluate(
@@ -542,7 +594,8 @@ def evaluate(
         episodic_returns.append(episodic_return)
     if gif_path:
         frame_ms = 1000 / env.metadata.get("render_fps", 30)
-        frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+        gif = {"format": "GIF", "save_all": True, "append_images": frames[1:], "loop": 0}
+        write_atomically(gif_path, lambda f: frames[0].save(f, duration=frame_ms, **gif))  # Part 2
         print(f"gif saved to {gif_path}")
     env.close()
     mean, std = np.mean(episodic_returns), np.std(episodic_returns)
@@ -573,7 +626,7 @@ def main() -> dict:
     # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     # --resume and --eval-only read a saved run, whose arguments replace the command line's.
-    saved, saved_path = None, args.resume or args.eval_only
+    saved, saved_path = None, args.resume if args.resume is not None else args.eval_only
     if saved_path is not None:
         if os.path.isdir(saved_path):  # a run directory: its checkpoint
             saved_path = os.path.join(saved_path, "checkpoint.pt")
@@ -591,9 +644,7 @@ def main() -> dict:
         if (error := newer_checkpoint_error(saved_path, saved)) is not None:
             sys.exit(f"error: {error}")
     try:
-        envs = make_envs_ignoring_signals(
-            args.env_id, args.num_envs // world_size, args.vector_mode
-        )
+        envs = make_envs_holding_signals(args.env_id, args.num_envs // world_size, args.vector_mode)
     except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)
         sys.exit(f"error: cannot make env {args.env_id!r}: {one_line(e)}")
     if (error := env_error(args, envs, saved)) is not None:
@@ -611,33 +662,43 @@ def main() -> dict:
         device = device_of(args.cuda, local_rank, local_world_size, torch.cuda.device_count())
     except ValueError as e:
         sys.exit(f"error: {e}")
-    if args.eval_only is not None:  # the saved agent, evaluated as its run evaluated it
-        agent = Agent(envs).to(device)
-        obs_rms = RunningMeanStd(envs.single_observation_space.shape) if args.norm_obs else None
-        load_states(saved, {"model": agent, "obs_rms": obs_rms})
-        gif_path = f"{saved_dir}/episode.gif" if args.capture_gif else None
-        seed = args.seed + args.num_envs
-        print(
-            f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}", flush=True
-        )
-        try:
-            evaluate(agent, args.env_id, args.eval_episodes, seed, device, obs_rms, gif_path)
-        except Exception as e:  # noqa: BLE001 (the env's code, the disk)
-            sys.exit(f"error: evaluation failed: {one_line(e)}")
-        sys.exit(0)
+    if args.eval_only is not None:
+        exit_after_evaluating(args, envs, device, saved, saved_path)
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
-    # A resumed run continues in its directory (TensorBoard steps continue); a new one gets a new
-    # directory, made by rank 0 (and its name sent to the other ranks).
-    run_dir = [saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None]
-    if world_size > 1:
-        dist.broadcast_object_list(run_dir, src=0)
+    if saved is not None:  # a resumed run continues in its directory; TensorBoard steps continue
+        run_dir = saved_dir
+    else:  # a new run gets a directory of its own, made by rank 0 (its name sent to the others)
+        shared = [new_run_dir(args) if rank == 0 else None]
+        if world_size > 1:
+            dist.broadcast_object_list(shared, src=0)
+        run_dir = shared[0]
     try:
-        return train(args, envs, device, run_dir[0], saved)
-    except Exception as e:  # noqa: BLE001 (the env's code, the disk, memory: one line, and the rest in a file)
-        sys.exit(f"error: {training_failure(e, run_dir[0])}")
+        return train(args, envs, device, run_dir, saved)
+    except Exception as e:  # noqa: BLE001 (the env's code, the disk, memory: see training_failure)
+        sys.exit(f"error: {training_failure(e, run_dir)}")
+    finally:  # however training ended: --vector-mode async's worker processes end with it
+        envs.close()
+
+
+def exit_after_evaluating(
+    args: Args, envs: gym.vector.VectorEnv, device: torch.device, saved: dict, path: str
+) -> None:
+    """--eval-only: the saved agent, evaluated as its run evaluated it; exits 0, or 1 with a line."""
+    agent = Agent(envs).to(device)
+    obs_rms = RunningMeanStd(envs.single_observation_space.shape) if args.norm_obs else None
+    load_states(saved, {"model": agent, "obs_rms": obs_rms})
+    envs.close()  # (they gave the spaces; evaluate makes an env of its own)
+    gif_path = f"{os.path.dirname(path) or '.'}/episode.gif" if args.capture_gif else None
+    print(f"evaluating {path}: {args.eval_episodes} episodes of {args.env_id}", flush=True)
+    seed = args.seed + args.num_envs  # the training run's evaluation seed
+    try:
+        evaluate(agent, args.env_id, args.eval_episodes, seed, device, obs_rms, gif_path)
+    except Exception as e:  # noqa: BLE001 (the env's code, the disk)
+        sys.exit(f"error: evaluation failed: {one_line(e)}")
+    sys.exit(0)
 
 
 def args_error(args: Args, world_size: int = 1) -> str | None:
@@ -662,8 +723,12 @@ def args_error(args: Args, world_size: int = 1) -> str | None:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
     if not 0 <= args.seed < 2**31:  # numpy takes seeds below 2**32; room for seed + env index
         return f"--seed must be in [0, 2**31), got {args.seed}"
-    if (args.capture_gif or args.eval_only is not None) and args.eval_episodes == 0:
-        return "--capture-gif and --eval-only need evaluation episodes: --eval-episodes >= 1"
+    if (
+        args.capture_gif or args.eval_every or args.eval_only is not None
+    ) and not args.eval_episodes:
+        return (
+            "--capture-gif, --eval-every and --eval-only evaluate: they need --eval-episodes >= 1"
+        )
     if args.num_envs % world_size != 0:
         return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
     if args.eval_only is not None and world_size > 1:
@@ -876,23 +941,27 @@ def load_states(saved: dict, objects: dict) -> None:
                 raise ValueError(f"its shape is {tuple(saved[name]['mean'].shape)}")
             if obj is not None:
                 obj.load_state_dict(saved[name])
-        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             sys.exit(f"error: the saved {name} does not fit this script's network: {reason}")
 
 
-def save_atomically(checkpoint: dict, path: str) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`: a crash or
-    a full disk leaves the old file or the new one at `path`, never half of one."""
+def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """write(file) into a new temp file beside `path`, fsync, then rename it over `path`: a crash
+    or a full disk leaves the old file or the new one at `path`, never half of one, and a link
+    planted at either name is replaced, never written through."""
+    temp = f"{path}.tmp"
     try:
-        with open(f"{path}.tmp", "wb") as f:
-            torch.save(checkpoint, f)
+        if os.path.lexists(temp):  # a failed write's, or a planted link
+            os.remove(temp)
+        with open(temp, "xb") as f:  # x: a new file, or an error
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(f"{path}.tmp", path)
+        os.replace(temp, path)
     finally:  # (a failed write's temp file would only take the space a full disk lacks)
-        if os.path.exists(f"{path}.tmp"):
-            os.remove(f"{path}.tmp")
+        if os.path.lexists(temp):
+            os.remove(temp)
 
 
 def announce_run(args: Args, run_dir: str, start_iteration: int, num_iterations: int) -> None:
@@ -976,7 +1045,7 @@ class Checkpointer:
         for signum in STOP_SIGNALS:  # a signal now would cut the checkpoint short
             signal.signal(signum, signal.SIG_IGN)
         if self.rank == 0:
-            save_atomically(self.state, self.path)
+            write_atomically(self.path, lambda f: torch.save(self.state, f))
         for signum, handler in self.handlers.items():
             signal.signal(signum, handler)
         if exc_type is SystemExit and self.stopped_by is not None:  # by a second signal
@@ -996,7 +1065,7 @@ class Checkpointer:
         sync_statistics_over_ranks(self.state, self.trained["obs_rms"], self.trained["return_rms"])
         self.state = self.training_state(iteration, global_step)
         if self.rank == 0 and self.every > 0 and iteration % self.every == 0:
-            save_atomically(self.state, self.path)
+            write_atomically(self.path, lambda f: torch.save(self.state, f))
         self.stopped_by = stop_on_any_rank(self.signal)
         return self.stopped_by is not None
 
@@ -1007,27 +1076,31 @@ class Checkpointer:
             sys.exit(128 + self.stopped_by)
 
     def print_resume_command(self) -> None:
+        """The command that resumes the run; after its last iteration, the one that evaluates it."""
         if self.rank == 0:
-            print(
-                f"stopped by {signal.Signals(self.stopped_by).name} after iteration "
-                f"{self.state['iteration']}; resume with: {self.launcher} {sys.argv[0]} "
-                f"--resume {self.run_dir}{env_confirmation(self.run['args']['env_id'])}",
-                flush=True,
+            args, iteration = self.run["args"], self.state["iteration"]
+            confirmation = env_confirmation(args["env_id"])
+            stopped = (
+                f"stopped by {signal.Signals(self.stopped_by).name} after iteration {iteration}"
             )
+            if iteration < args["total_timesteps"] // (args["num_envs"] * args["num_steps"]):
+                command = f"resume with: {self.launcher} {sys.argv[0]} --resume {self.run_dir}"
+            else:
+                command = (
+                    f"the last: evaluate with: python {sys.argv[0]} --eval-only {self.run_dir}"
+                )
+            print(f"{stopped}; {command}{confirmation}", flush=True)
 
 
-def make_envs_ignoring_signals(
-    env_id: str, num_envs: int, vector_mode: str
-) -> gym.vector.VectorEnv:
-    """make_envs, with Ctrl-C and SIGTERM ignored meanwhile. --vector-mode async's worker processes
-    keep ignoring them: a terminal's Ctrl-C, sent to every process of the job, would end them
-    mid-step; this process stops them when training stops."""
-    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+def make_envs_holding_signals(env_id: str, num_envs: int, vector_mode: str) -> gym.vector.VectorEnv:
+    """make_envs, with Ctrl-C and SIGTERM blocked meanwhile, and delivered to this process after.
+    --vector-mode async's worker processes inherit the block and never see them: a terminal's
+    Ctrl-C, sent to every process of the job, would end them mid-step; this process stops them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         return make_envs(env_id, num_envs, vector_mode)
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def exit_on_signal(signum: int, frame: object) -> None:
@@ -1046,9 +1119,9 @@ def training_failure(error: Exception, run_dir: str) -> str:
     """The line for an error that ended training (an env's code raised, the disk is full, ...);
     the traceback goes to run_dir/traceback.txt, for when the line is not enough."""
     line = f"training failed: {one_line(error)}"
+    text = "".join(traceback.format_exception(error)).encode()
     try:
-        with open(f"{run_dir}/traceback.txt", "w") as f:
-            traceback.print_exception(error, file=f)
+        write_atomically(f"{run_dir}/traceback.txt", lambda f: f.write(text))
         line += f" (traceback in {run_dir}/traceback.txt)"
     except OSError:
         pass

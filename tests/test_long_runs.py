@@ -91,8 +91,10 @@ def test_a_stopped_and_resumed_run_is_the_uninterrupted_run(run_script, tmp_path
     )
     assert match and 1 <= int(match[1]) < num_iterations
     (run_dir,) = (workdir / "runs").iterdir()
-    assert load(run_dir / "checkpoint.pt")["iteration"] == int(match[1])
-    assert not (run_dir / "agent.pt").exists()
+    checkpoint = load(run_dir / "checkpoint.pt")
+    assert checkpoint["iteration"] == int(match[1])
+    stopped_agent = load(run_dir / "agent.pt")["model"]  # --save-model: the last boundary's
+    assert all(torch.equal(stopped_agent[key], checkpoint["model"][key]) for key in stopped_agent)
 
     command = match[2].split()
     resume = ["--resume", f"runs/{run_dir.name}", *toy_env("ConstantReward", script)]
@@ -142,6 +144,75 @@ def test_a_ctrl_c_to_the_whole_job_stops_async_envs_in_order(tmp_path):
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGINT and stderr == ""
     assert stdout.splitlines()[-1].startswith("stopped by SIGINT after iteration ")
+
+
+def test_a_signal_in_the_last_iteration_leaves_a_complete_run_and_its_agent(tmp_path):
+    """Stopped in its last iteration, the run is complete: agent.pt is written (as for any stop,
+    from the last boundary), and the printed command evaluates it instead of resuming."""
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--save-model"]
+    flags += ["--num-steps", "20000", "--num-minibatches", "1", "--total-timesteps", "80000"]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags)  # iterations of 2 s or so
+    wait_for_progress_lines(process, 1)
+    time.sleep(0.5)  # (past iteration 1's boundary, which follows its progress line)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and stderr == ""
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert stdout.splitlines()[-1] == (
+        f"stopped by SIGTERM after iteration 2; the last: evaluate with: python "
+        f"{ROOT / 'ppo_discrete.py'} --eval-only runs/{run_dir.name} "
+        f"--env-id toy_envs:ConstantRewardDiscrete-v0"
+    )
+    assert (
+        load(run_dir / "agent.pt")["model"].keys()
+        == load(run_dir / "checkpoint.pt")["model"].keys()
+    )
+
+
+def test_async_envs_end_with_the_run_however_it_ends(saved_runs, tmp_path):
+    """A non-finite observation ends an async run with its one line, and an --eval-only of an
+    async run exits cleanly: no traceback of a worker process left behind."""
+    flags = [*toy_env("NaNObservation", "ppo_discrete.py"), *ALIGNED, "--vector-mode", "async"]
+    process = python(
+        tmp_path, str(ROOT / "ppo_discrete.py"), *flags, "--total-timesteps", str(4 * BATCH)
+    )
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("error: env 1 returned a non-finite") and stderr.count("\n") == 1
+    run_dir = saved_runs["ppo_discrete.py"]
+    flags = ["--eval-only", str(run_dir), "--eval-episodes", "1"]
+    checkpoint = load(run_dir / "checkpoint.pt")
+    checkpoint["args"]["vector_mode"] = "async"
+    torch.save(checkpoint, tmp_path / "async.pt")
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), "--eval-only", "async.pt")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0 and stderr == ""
+
+
+def test_links_planted_in_a_run_directory_are_replaced_not_written_through(saved_runs, tmp_path):
+    """Someone who can write the run directory plants links at the names the run writes: the
+    checkpoint's temp file and the GIF. The files they point to stay untouched."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    victims = {name: tmp_path / f"victim_{name}" for name in ("checkpoint.pt.tmp", "episode.gif")}
+    for name, victim in victims.items():
+        victim.write_text("precious")
+        (run_dir / name).symlink_to(victim)
+    script = str(ROOT / "ppo_discrete.py")
+    run_to_success(tmp_path, script, "--resume", str(run_dir), "--total-timesteps", "768")
+    run_to_success(tmp_path, script, "--eval-only", str(run_dir), "--capture-gif")
+    assert all(victim.read_text() == "precious" for victim in victims.values())
+    assert (
+        not (run_dir / "episode.gif").is_symlink() and not (run_dir / "checkpoint.pt.tmp").exists()
+    )
+
+
+def test_resume_of_an_empty_path_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "ppo_discrete.py", "--resume", "")
+    assert exit_info.value.code == "error: cannot read : No such file or directory"
 
 
 def test_a_signal_during_the_final_evaluation_stops_it(tmp_path):
@@ -313,6 +384,17 @@ def saved_runs(tmp_path_factory) -> dict:
     return {script: run_in(workdir / script, script, *TINY, "--save-model") for script in SCRIPTS}
 
 
+# What --eval-only does not read: it takes an agent.pt, which has no step and no optimizer.
+EVAL_ONLY_IGNORES = ("an agent.pt", "a step that is no count", "moments of another shape")
+
+
+def with_moments_of_shape(optimizer: dict, shape: tuple[int, ...]) -> dict:
+    """An optimizer state_dict whose Adam moments all have the given shape."""
+    moments = {"exp_avg": torch.zeros(shape), "exp_avg_sq": torch.zeros(shape)}
+    state = {i: {**param_state, **moments} for i, param_state in optimizer["state"].items()}
+    return {**optimizer, "state": state}
+
+
 def write_bad_files(directory, script: str, run_dir) -> dict:
     """Damaged, foreign and malicious stand-ins for checkpoint.pt: name -> (path, error fragment)."""
     good = (run_dir / "checkpoint.pt").read_bytes()
@@ -330,6 +412,11 @@ def write_bad_files(directory, script: str, run_dir) -> dict:
         "code in a torch file": ({"model": CodeOnLoad(directory / "pwned")}, "refused"),
         "foreign dict": ({"model": {}}, not_ours),
         "a step that is no count": ({**checkpoint, "global_step": -5}, "has global_step -5"),
+        # (fused Adam read and wrote past the end of such moments: memory corruption)
+        "moments of another shape": (
+            {**checkpoint, "optimizer": with_moments_of_shape(checkpoint["optimizer"], (1,))},
+            "the saved optimizer does not fit this script's network: moments of shape (1,)",
+        ),
         "mistyped arguments": (
             {**checkpoint, "args": {**checkpoint["args"], "num_envs": "2"}},
             "its saved num_envs '2' is not a <class 'int'>",
@@ -359,8 +446,8 @@ def test_bad_checkpoints_are_refused_with_one_line_and_never_run(
     saved_runs, tmp_path, script, mode
 ):
     for name, (path, fragment) in write_bad_files(tmp_path, script, saved_runs[script]).items():
-        if mode == "--eval-only" and name in ("an agent.pt", "a step that is no count"):
-            continue  # eval-only takes an agent.pt, which has no step
+        if mode == "--eval-only" and name in EVAL_ONLY_IGNORES:
+            continue
         with pytest.raises(SystemExit) as exit_info:
             run_in(tmp_path / "work", script, mode, str(path))
         message = exit_info.value.code
@@ -555,6 +642,9 @@ def test_saved_statistics_of_another_shape_do_not_load(script):
     assert exit_info.value.code == (
         "error: the saved obs_rms does not fit this script's network: its shape is (5,)"
     )
+    with pytest.raises(SystemExit) as exit_info:  # (a tampered file: a number for the mean)
+        module.load_states({"obs_rms": {"mean": 5}}, {"obs_rms": module.RunningMeanStd((3,))})
+    assert exit_info.value.code.startswith("error: the saved obs_rms does not fit")
 
 
 def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_path):

@@ -1,5 +1,6 @@
 """The math of both scripts against independent, brute-force references (§3, §4, §5, §8)."""
 
+import copy
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -263,3 +264,37 @@ def test_categorical_policy_matches_torch_distributions():
     samples, *_ = agent.get_action_and_value(obs[:1].expand(40_000, 4))
     frequencies = torch.bincount(samples, minlength=5) / 40_000
     torch.testing.assert_close(frequencies, reference.probs[0], atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_adam_is_torchs_adam_step_for_step_and_shares_its_state_dict(module):
+    """§8.4 the scripts' Adam takes torch.optim.Adam's steps bit for bit (its single-tensor
+    implementation), and each loads the other's state_dict and goes on as the other would."""
+    torch.manual_seed(0)
+    agent = agent_for(module, BOX_4, gym.spaces.Discrete(3) if module is MODULES[1] else BOX_4)
+    twin = copy.deepcopy(agent)
+    ours = module.Adam(agent.parameters(), lr=1e-2, eps=1e-5)
+    reference = torch.optim.Adam(twin.parameters(), lr=1e-2, eps=1e-5, foreach=False)
+
+    def steps(model, optimizer, count: int) -> None:
+        torch.manual_seed(1)  # the same observations and sampled actions for both
+        for _ in range(count):
+            optimizer.zero_grad()
+            obs = torch.randn(32, 4)
+            _, logprob, entropy, value = model.get_action_and_value(obs)
+            (value.pow(2).mean() - logprob.mean() - entropy.mean()).backward()
+            optimizer.step()
+
+    steps(agent, ours, 10)
+    steps(twin, reference, 10)
+    assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), twin.parameters()))
+
+    # Swap the state dicts: each optimizer continues from the other's moments and step count.
+    swapped_ours = module.Adam(twin.parameters(), lr=0.0)
+    swapped_ours.load_state_dict(reference.state_dict())
+    swapped_reference = torch.optim.Adam(agent.parameters(), lr=0.0, foreach=False)
+    swapped_reference.load_state_dict(ours.state_dict())
+    assert swapped_ours.steps == 10 and swapped_ours.lr == 1e-2
+    steps(twin, swapped_ours, 5)
+    steps(agent, swapped_reference, 5)
+    assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), twin.parameters()))
