@@ -39,10 +39,10 @@ SCRIPT = os.path.basename(__file__)
 class Args:
     env_id: str = "Pendulum-v1"
     """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
-    total_timesteps: int = 100_000
+    total_timesteps: int = 50_000
     """total environment steps of the experiment, summed over all environments (in whole batches:
     a remainder is cut); with --resume, a new budget for the run"""
-    learning_rate: float = 1.5e-3
+    learning_rate: float = 3e-3
     """the learning rate of the optimizer (§8.4)"""
     num_envs: int = 4
     """the number of parallel environments (§7), in all (under torchrun, K processes run N/K each)"""
@@ -51,11 +51,11 @@ class Args:
     anneal_lr: bool = True
     """if toggled, the learning rate decays linearly to zero over the run (§8.4); a run extended
     by --resume --total-timesteps follows the longer run's line, so the rate steps up there"""
-    gamma: float = 0.9
+    gamma: float = 0.95
     """the discount factor gamma (§4.2)"""
     gae_lambda: float = 0.95
     """the lambda of generalized advantage estimation (§4.3)"""
-    num_minibatches: int = 32
+    num_minibatches: int = 8
     """the number of minibatches each rollout is split into per epoch (§9.1)"""
     update_epochs: int = 10
     """the number of passes over each rollout (§9.2)"""

@@ -39,7 +39,7 @@ SCRIPT = os.path.basename(__file__)
 class Args:
     env_id: str = "CartPole-v1"
     """the environment: a registered id, or `module:EnvId` (imports module, which registers it)"""
-    total_timesteps: int = 100_000
+    total_timesteps: int = 30_000
     """total environment steps of the experiment, summed over all environments (in whole batches:
     a remainder is cut); with --resume, a new budget for the run"""
     learning_rate: float = 2e-3
