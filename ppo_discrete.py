@@ -370,9 +370,8 @@ def train(
     broadcast_parameters(agent)  # Part 2: under torchrun, all ranks start from rank 0's
     writer = tensorboard_writer(args, run_dir, saved) if rank == 0 else None  # rank 0 alone logs
 
-    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...): numpy arrays, as
-    # the envs' data is (filled a row per step, they cost far less than tensors; the batch becomes
-    # tensors once per rollout)
+    # §7.2 rollout storage of this process's envs, (num_steps, num_envs, ...). numpy, like the
+    # envs' data: a row per step costs far less than with tensors; the batch becomes tensors once.
     obs = np.zeros((args.num_steps, num_envs) + observation_space.shape, dtype=np.float32)
     actions = np.zeros((args.num_steps, num_envs) + action_space.shape, dtype=np.float32)
     logprobs = np.zeros((args.num_steps, num_envs), dtype=np.float32)

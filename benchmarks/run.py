@@ -191,7 +191,7 @@ def main() -> None:
         axes.set(title=f"{env_id}, {len(seeds)} seeds", xlabel="env steps", ylabel="eval return")
         axes.legend(loc="lower right", fontsize=8)
 
-    print("Pendulum-v1, the default 100k-step run: timing", flush=True)
+    print("Pendulum-v1, the default run: timing", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         default_wall = run([sys.executable, ppo_continuous.__file__], workdir)
 
@@ -210,7 +210,7 @@ def report(rows: list[dict], default_wall: float, cli) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"`python benchmarks/run.py --seeds {cli.seeds}` on {machine()}.",
+        f"`python benchmarks/run.py --seeds {cli.seeds} --first-seed {cli.first_seed}` on {machine()}.",
         "Each script with its default hyperparameters; Stable-Baselines3 2.x with the same ones",
         (
             "(benchmarks/sb3_ppo.py reads them from the script). Medians over seeds "
@@ -238,8 +238,9 @@ def report(rows: list[dict], default_wall: float, cli) -> str:
     lines += [
         "",
         (
-            f"The default Pendulum-v1 run (`python ppo_continuous.py`, 100k steps, with its final "
-            f"evaluation) took {default_wall:.1f} s, whole process."
+            f"The default Pendulum-v1 run (`python ppo_continuous.py`, "
+            f"{ppo_continuous.Args().total_timesteps} steps, with its final evaluation) took "
+            f"{default_wall:.1f} s, whole process."
         ),
         "",
         "![learning curves](learning_curves.png)",
