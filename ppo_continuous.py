@@ -326,7 +326,7 @@ class Adam:
         theta = torch.cat([param.flatten() for param in self.params])  # θ
         self.m.lerp_(grad, 1 - self.beta1)  # m ← β1 m + (1 - β1) g
         self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)  # v ← β2 v + (1 - β2) g²
-        denominator = (self.v.sqrt() / math.sqrt(v_correction)).add_(self.eps)  # √v̂ + ε
+        denominator = (self.v.sqrt() / v_correction**0.5).add_(self.eps)  # √v̂ + ε
         theta.addcdiv_(self.m, denominator, value=-self.lr / m_correction)
         for param, value in zip(self.params, self.per_parameter(theta)):
             param.copy_(value)
@@ -561,9 +561,10 @@ def train(
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, global_step)
                 mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-                eta = (args.total_timesteps - global_step) / max(sps, 1)
+                total_steps = num_iterations * args.num_envs * args.num_steps  # whole batches
+                eta = (total_steps - global_step) / max(sps, 1)
                 print(
-                    f"step {global_step}/{args.total_timesteps} | return {mean_return} "
+                    f"step {global_step}/{total_steps} | return {mean_return} "
                     f"| SPS {sps} | ETA {eta:.0f}s",
                     flush=True,
                 )
@@ -658,7 +659,8 @@ def main() -> dict:
     # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     # --resume and --eval-only read a saved run, whose arguments replace the command line's.
-    saved, saved_path = None, args.resume if args.resume is not None else args.eval_only
+    saved_path = args.resume if args.resume is not None else args.eval_only
+    saved = None
     if saved_path is not None:
         if os.path.isdir(saved_path):  # a run directory: its checkpoint
             saved_path = os.path.join(saved_path, "checkpoint.pt")
@@ -1078,10 +1080,12 @@ class Checkpointer:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         for signum in STOP_SIGNALS:  # a signal now would cut the checkpoint short
             signal.signal(signum, signal.SIG_IGN)
-        if self.rank == 0:
-            write_atomically(self.path, lambda f: torch.save(self.state, f))
-        for signum, handler in self.handlers.items():
-            signal.signal(signum, handler)
+        try:
+            if self.rank == 0:
+                write_atomically(self.path, lambda f: torch.save(self.state, f))
+        finally:
+            for signum, handler in self.handlers.items():
+                signal.signal(signum, handler)
         if exc_type is SystemExit and self.stopped_by is not None:  # by a second signal
             self.print_resume_command()
 
@@ -1120,9 +1124,8 @@ class Checkpointer:
             if iteration < args["total_timesteps"] // (args["num_envs"] * args["num_steps"]):
                 command = f"resume with: {self.launcher} {sys.argv[0]} --resume {self.run_dir}"
             else:
-                command = (
-                    f"the last: evaluate with: python {sys.argv[0]} --eval-only {self.run_dir}"
-                )
+                command = "training is complete; evaluate with: "
+                command += f"python {sys.argv[0]} --eval-only {self.run_dir}"
             print(f"{stopped}; {command}{confirmation}", flush=True)
 
 

@@ -2,7 +2,7 @@
 rl-baselines3-zoo's tuned settings and budget (benchmarks/sb3_zoo.py), the way a user runs them.
 
     pip install -r benchmarks/requirements.txt
-    python benchmarks/time_to_solve.py --seeds 11 12 13 14 15
+    python benchmarks/time_to_solve.py --seeds 101 102 103 104 105
 
 For each env and seed, `python ppo_continuous.py --seed S` (or ppo_discrete.py) and
 `python benchmarks/sb3_zoo.py --env-id ENV --seed S` run one after the other, alternating which
@@ -41,7 +41,7 @@ def run(command: list[str]) -> tuple[float, float]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13, 14, 15])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     parser.add_argument("--envs", nargs="+", choices=ENVS, default=list(ENVS))
     parser.add_argument("--tools", nargs="+", choices=["ours", "sb3"], default=["ours", "sb3"])
     parser.add_argument("--flags", default="", help="more flags for our scripts, one string")

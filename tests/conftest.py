@@ -43,7 +43,7 @@ def run_in(workdir: Path, script: str, *args: str) -> Path:
 
 @pytest.fixture
 def run_script(tmp_path):
-    """run_in, each call in a fresh directory under tmp_path (where it writes runs/ and gifs/)."""
+    """run_in, each call in a fresh directory under tmp_path (where it writes runs/)."""
     calls = 0
 
     def run(script: str, *args: str) -> Path:

@@ -159,7 +159,7 @@ def test_a_signal_in_the_last_iteration_leaves_a_complete_run_and_its_agent(tmp_
     assert process.returncode == 128 + signal.SIGTERM and stderr == ""
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert stdout.splitlines()[-1] == (
-        f"stopped by SIGTERM after iteration 2; the last: evaluate with: python "
+        f"stopped by SIGTERM after iteration 2; training is complete; evaluate with: python "
         f"{ROOT / 'ppo_discrete.py'} --eval-only runs/{run_dir.name} "
         f"--env-id toy_envs:ConstantRewardDiscrete-v0"
     )
