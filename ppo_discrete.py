@@ -299,7 +299,7 @@ class Adam:
         self.steps += 1
         m_correction, v_correction = 1 - self.beta1**self.steps, 1 - self.beta2**self.steps
         grad = torch.cat([param.grad.flatten() for param in self.params])  # g, (num_params,)
-        theta = torch.cat([param.flatten() for param in self.params])  # θ
+        theta = torch.cat([param.flatten() for param in self.params])  # θ, (num_params,)
         self.m.lerp_(grad, 1 - self.beta1)  # m ← β1 m + (1 - β1) g
         self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)  # v ← β2 v + (1 - β2) g²
         denominator = (self.v.sqrt() / v_correction**0.5).add_(self.eps)  # √v̂ + ε
@@ -341,6 +341,11 @@ class Adam:
         self.lr, self.eps = group["lr"], group["eps"]
 
 
+def iterations_of(args: Args) -> int:
+    """§9 the iterations of a run: the whole batches of num_envs * num_steps in total_timesteps."""
+    return args.total_timesteps // (args.num_envs * args.num_steps)
+
+
 def train(
     args: Args, envs: gym.vector.VectorEnv, device: torch.device, run_dir: str, saved: dict | None
 ) -> dict:
@@ -351,7 +356,8 @@ def train(
     num_envs = envs.num_envs
     batch_size = num_envs * args.num_steps  # this process's part of each batch
     minibatch_size = batch_size // args.num_minibatches
-    num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
+    num_iterations = iterations_of(args)
+    total_steps = num_iterations * args.num_envs * args.num_steps  # all ranks', as the run takes
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
 
     # Rank r seeds with seed + r: its action noise and minibatch order are its own.
@@ -537,7 +543,6 @@ def train(
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, global_step)
                 mean_return = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-                total_steps = num_iterations * args.num_envs * args.num_steps  # whole batches
                 eta = (total_steps - global_step) / max(sps, 1)
                 print(
                     f"step {global_step}/{total_steps} | return {mean_return} "
@@ -673,7 +678,7 @@ def main() -> dict:
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.eval_only is not None:
-        exit_after_evaluating(args, envs, device, saved, saved_path)
+        exit_after_evaluating(args, envs, device, saved, saved_path, saved_dir)
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -694,14 +699,19 @@ def main() -> dict:
 
 
 def exit_after_evaluating(
-    args: Args, envs: gym.vector.VectorEnv, device: torch.device, saved: dict, path: str
+    args: Args,
+    envs: gym.vector.VectorEnv,
+    device: torch.device,
+    saved: dict,
+    path: str,
+    saved_dir: str,
 ) -> None:
     """--eval-only: the saved agent, evaluated as its run evaluated it; exits 0, or 1 with a line."""
     agent = Agent(envs).to(device)
     obs_rms = RunningMeanStd(envs.single_observation_space.shape) if args.norm_obs else None
     load_states(saved, {"model": agent, "obs_rms": obs_rms})
     envs.close()  # (they gave the spaces; evaluate makes an env of its own)
-    gif_path = f"{os.path.dirname(path) or '.'}/episode.gif" if args.capture_gif else None
+    gif_path = f"{saved_dir}/episode.gif" if args.capture_gif else None  # beside the agent
     print(f"evaluating {path}: {args.eval_episodes} episodes of {args.env_id}", flush=True)
     seed = args.seed + args.num_envs  # the training run's evaluation seed
     try:
@@ -840,12 +850,12 @@ def exit_if_complete(args: Args, saved: dict, run_dir: str) -> None:
     a --total-timesteps below what it has trained is an error."""
     batch_size = args.num_envs * args.num_steps
     iteration, global_step = saved["iteration"], saved["global_step"]
-    if iteration > args.total_timesteps // batch_size:
+    if iteration > iterations_of(args):
         sys.exit(
             f"error: --total-timesteps {args.total_timesteps} is below the {global_step} "
             "steps the run has trained"
         )
-    if iteration == args.total_timesteps // batch_size:
+    if iteration == iterations_of(args):
         print(
             f"{run_dir} is complete ({iteration} iterations, {global_step} steps): evaluate it "
             f"with --eval-only {run_dir}{env_confirmation(args.env_id)}, or train it longer with "
@@ -1007,6 +1017,7 @@ class Checkpointer:
 
     def __init__(self, args: Args, envs: gym.vector.VectorEnv, run_dir: str, trained: dict) -> None:
         self.run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces_of(envs)}
+        self.num_iterations = iterations_of(args)
         self.trained = trained  # what training changes, by its name in the file
         self.run_dir, self.every = run_dir, args.checkpoint_every
         self.path = f"{run_dir}/checkpoint.pt"
@@ -1028,6 +1039,7 @@ class Checkpointer:
             np.random.set_state(numpy_rng)
             torch.set_rng_state(saved["rng"]["torch"])
         else:
+            # (numpy takes seeds below 2**32)
             seed = (saved["args"]["seed"] + self.rank + saved["global_step"]) % 2**32
             torch.manual_seed(seed)
             np.random.seed(seed)
@@ -1090,12 +1102,12 @@ class Checkpointer:
     def print_resume_command(self) -> None:
         """The command that resumes the run; after its last iteration, the one that evaluates it."""
         if self.rank == 0:
-            args, iteration = self.run["args"], self.state["iteration"]
-            confirmation = env_confirmation(args["env_id"])
+            iteration = self.state["iteration"]
+            confirmation = env_confirmation(self.run["args"]["env_id"])
             stopped = (
                 f"stopped by {signal.Signals(self.stopped_by).name} after iteration {iteration}"
             )
-            if iteration < args["total_timesteps"] // (args["num_envs"] * args["num_steps"]):
+            if iteration < self.num_iterations:
                 command = f"resume with: {self.launcher} {sys.argv[0]} --resume {self.run_dir}"
             else:
                 command = "training is complete; evaluate with: "

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("ppo_continuous.py", "ppo_discrete.py")
+ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}  # of the toy envs
 sys.path.insert(0, str(ROOT))  # the scripts import as modules, e.g. `import ppo_continuous`
 
 

@@ -5,10 +5,9 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, import_script
+from conftest import ACTION_KIND, ROOT, SCRIPTS, import_script
 
 OTHER_SCRIPT = {"ppo_continuous.py": "ppo_discrete.py", "ppo_discrete.py": "ppo_continuous.py"}
-ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}
 BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--env-id", "NoSuchEnv-v0"], "cannot make env 'NoSuchEnv-v0'"),
     (["--env-id", "no_such_module:Foo-v0"], "No module named 'no_such_module'"),

@@ -13,12 +13,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, import_script, run_in, scalar_events, scalars
+from conftest import ACTION_KIND, ROOT, SCRIPTS, import_script, run_in, scalar_events, scalars
 from PIL import Image
 from test_scripts import TINY
 from toy_envs import TIME_LIMIT, NaNObservationEnv
 
-ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}
 # Episodes of TIME_LIMIT steps end exactly at iteration boundaries, so a resumed run's fresh
 # episodes are the ones the uninterrupted run would have started there.
 ALIGNED = ["--num-envs", "2", "--num-steps", str(TIME_LIMIT), "--num-minibatches", "2"]
@@ -28,6 +27,11 @@ BATCH = 2 * TIME_LIMIT
 
 def toy_env(name: str, script: str) -> list[str]:
     return ["--env-id", f"toy_envs:{name}{ACTION_KIND[script]}-v0"]
+
+
+def resume_toy_run(run_dir, script: str) -> list[str]:
+    """--resume of a run of ConstantReward, its module env id confirmed (as saved_run_args asks)."""
+    return ["--resume", str(run_dir), *toy_env("ConstantReward", script)]
 
 
 def python(cwd, *args: str, **popen_args) -> subprocess.Popen:
@@ -59,6 +63,14 @@ def wait_for_progress_lines(process: subprocess.Popen, count: int) -> None:
         line = process.stdout.readline()
         assert line, f"the run ended early: {process.stderr.read()}"
         seen += line.startswith("step ")
+
+
+def ended_by(process: subprocess.Popen, signum: int, timeout: float = 60) -> str:
+    """Waits for the process; asserts that it exited 128 + signum with nothing on stderr (no
+    traceback, no warning), and returns its stdout."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 128 + signum and stderr == ""
+    return stdout
 
 
 def load(path) -> dict:
@@ -97,7 +109,7 @@ def test_a_stopped_and_resumed_run_is_the_uninterrupted_run(run_script, tmp_path
     assert all(torch.equal(stopped_agent[key], checkpoint["model"][key]) for key in stopped_agent)
 
     command = match[2].split()
-    resume = ["--resume", f"runs/{run_dir.name}", *toy_env("ConstantReward", script)]
+    resume = resume_toy_run(f"runs/{run_dir.name}", script)
     assert command == ["python", str(ROOT / script), *resume]  # (the env id confirmed: toy_envs)
     run_to_success(workdir, *command[1:])
     assert load(run_dir / "checkpoint.pt")["global_step"] == num_iterations * BATCH
@@ -124,8 +136,7 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_boundary(tmp_path):
     wait_for_progress_lines(process, 3)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGINT and stderr == ""
+    stdout = ended_by(process, signal.SIGINT)
     (run_dir,) = (tmp_path / "runs").iterdir()
     # (an iteration prints its progress line just before its boundary is kept)
     iteration = load(run_dir / "checkpoint.pt")["iteration"]
@@ -141,8 +152,7 @@ def test_a_ctrl_c_to_the_whole_job_stops_async_envs_in_order(tmp_path):
     process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, start_new_session=True)
     wait_for_progress_lines(process, 2)
     os.killpg(process.pid, signal.SIGINT)  # the terminal's way: the whole process group
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGINT and stderr == ""
+    stdout = ended_by(process, signal.SIGINT)
     assert stdout.splitlines()[-1].startswith("stopped by SIGINT after iteration ")
 
 
@@ -155,8 +165,7 @@ def test_a_signal_in_the_last_iteration_leaves_a_complete_run_and_its_agent(tmp_
     wait_for_progress_lines(process, 1)
     time.sleep(0.5)  # (past iteration 1's boundary, which follows its progress line)
     process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM and stderr == ""
+    stdout = ended_by(process, signal.SIGTERM)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert stdout.splitlines()[-1] == (
         f"stopped by SIGTERM after iteration 2; training is complete; evaluate with: python "
@@ -221,8 +230,7 @@ def test_a_signal_during_the_final_evaluation_stops_it(tmp_path):
     process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, "--eval-episodes", "1000000")
     wait_for_progress_lines(process, 2)  # the last iteration's: evaluation starts
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 128 + signal.SIGTERM and stderr == ""
+    ended_by(process, signal.SIGTERM, timeout=30)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert load(run_dir / "checkpoint.pt")["iteration"] == 2
 
@@ -233,8 +241,7 @@ def test_ctrl_c_in_eval_only_exits_130_without_a_traceback(saved_runs, tmp_path)
     process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags)
     assert process.stdout.readline().startswith(f"evaluating {run_dir}/checkpoint.pt: 1000000 ")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 128 + signal.SIGINT and stderr == ""
+    ended_by(process, signal.SIGINT, timeout=30)
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(tmp_path):
@@ -252,7 +259,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(t
     assert saved_iteration >= 3 and saved_iteration % 3 == 0
     assert len(scalars(run_dir)["charts/SPS"]) >= saved_iteration  # the log reaches that far
 
-    resume = ["--resume", str(run_dir), *toy_env("ConstantReward", "ppo_continuous.py")]
+    resume = resume_toy_run(run_dir, "ppo_continuous.py")
     run_to_success(tmp_path, str(ROOT / "ppo_continuous.py"), *resume)
     steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
     assert steps == [BATCH * i for i in range(1, num_iterations + 1)]
@@ -511,7 +518,7 @@ def test_a_complete_run_resumes_to_nothing_and_a_larger_budget_extends_it(tmp_pa
     run_dir = run_in(tmp_path, script, *flags, "--total-timesteps", str(2 * BATCH))
     files = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     capsys.readouterr()
-    resume = ["--resume", str(run_dir), *toy_env("ConstantReward", script)]
+    resume = resume_toy_run(run_dir, script)
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *resume)
     assert exit_info.value.code == 0

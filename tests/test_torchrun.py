@@ -14,6 +14,7 @@ from test_long_runs import (
     BATCH,
     load,
     python,
+    resume_toy_run,
     run_to_success,
     toy_env,
     wait_for_progress_lines,
@@ -121,7 +122,6 @@ def test_a_signal_stops_every_rank_after_one_iteration_and_the_run_resumes(tmp_p
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert load(run_dir / "checkpoint.pt")["iteration"] == int(match[1])
 
-    resume = ["--resume", str(run_dir), *toy_env("ConstantReward", "ppo_discrete.py")]
-    run_to_success(tmp_path, *TORCHRUN, script, *resume)
+    run_to_success(tmp_path, *TORCHRUN, script, *resume_toy_run(run_dir, "ppo_discrete.py"))
     steps = [e.step for e in scalar_events(run_dir)["charts/SPS"]]
     assert steps == [BATCH * i for i in range(1, num_iterations + 1)]
