@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,9 @@ def evaluate_sb3(model: PPO, script, args, episodes: int) -> list[float]:
     """The script's `evaluate`, driving SB3's policy: the same fresh env and seeds."""
     env = model.get_env()
     agent = SB3Agent(model, env if isinstance(env, VecNormalize) else None)
-    eval_seed = args.seed + args.num_envs
+    args = replace(args, eval_episodes=episodes)  # (evaluate seeds the env with seed + num_envs)
     # obs_rms None: SB3Agent normalizes observations itself, with SB3's statistics
-    return script.evaluate(agent, args.env_id, episodes, eval_seed, torch.device("cpu"), None)
+    return script.evaluate(agent, args, torch.device("cpu"), None, None)
 
 
 class SB3Agent:

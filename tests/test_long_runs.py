@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ACTION_KIND, ROOT, SCRIPTS, import_script, run_in, scalar_events, scalars
+from gymnasium.wrappers.utils import RunningMeanStd
 from PIL import Image
 from test_scripts import TINY
 from toy_envs import TIME_LIMIT, NaNObservationEnv
@@ -37,6 +38,7 @@ def resume_toy_run(run_dir, script: str) -> list[str]:
 def python(cwd, *args: str, **popen_args) -> subprocess.Popen:
     """`python ARGS...` in a real process, its stdout readable line by line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # for `toy_envs:...` env ids
+    env.pop("PYTHONUNBUFFERED", None)  # (the scripts flush each line themselves)
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=cwd,
@@ -186,8 +188,10 @@ def test_async_envs_end_with_the_run_however_it_ends(saved_runs, tmp_path):
         tmp_path, str(ROOT / "ppo_discrete.py"), *flags, "--total-timesteps", str(4 * BATCH)
     )
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1
-    assert stderr.startswith("error: env 1 returned a non-finite") and stderr.count("\n") == 1
+    assert process.returncode == 1 and stderr.count("\n") == 1
+    assert stderr.startswith(
+        "error: training failed: FloatingPointError: env 1 returned a non-finite"
+    )
     run_dir = saved_runs["ppo_discrete.py"]
     flags = ["--eval-only", str(run_dir), "--eval-episodes", "1"]
     checkpoint = load(run_dir / "checkpoint.pt")
@@ -268,14 +272,15 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_logs_each_step_once(t
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_non_finite_observation_stops_the_run_before_an_update_uses_it(tmp_path, script):
     """Env 1 (seeded 2) returns NaN at its 70th step: in iteration 2, after 1 update."""
+    assert TIME_LIMIT < NaNObservationEnv.NAN_STEP < 2 * TIME_LIMIT  # (iterations of TIME_LIMIT)
     flags = [*toy_env("NaNObservation", script), *ALIGNED, "--total-timesteps", str(4 * BATCH)]
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *flags, "--seed", "1")
     (run_dir,) = (tmp_path / "runs").iterdir()
-    global_step = 2 * NaNObservationEnv.NAN_STEP  # two envs step together
     assert exit_info.value.code == (
-        f"error: env 1 returned a non-finite observation or reward at global step {global_step}; "
-        f"the last good state is in runs/{run_dir.name}/checkpoint.pt"
+        "error: training failed: FloatingPointError: env 1 returned a non-finite observation or "
+        f"reward (traceback in runs/{run_dir.name}/traceback.txt); the last good state is in "
+        f"runs/{run_dir.name}/checkpoint.pt"
     )
     checkpoint = load(run_dir / "checkpoint.pt")
     assert checkpoint["iteration"] == 1
@@ -292,7 +297,8 @@ def test_a_non_finite_loss_stops_the_run_before_the_optimizer_step(tmp_path, scr
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *flags)
     assert exit_info.value.code.startswith(
-        f"error: non-finite loss or gradient at global step {BATCH}; the last good state is in runs/"
+        "error: training failed: RuntimeError: The total norm of order 2.0 for gradients from "
+        "`parameters` is non-finite, so it cannot be clipped (traceback in runs/"
     )
     (run_dir,) = (tmp_path / "runs").iterdir()
     checkpoint = load(run_dir / "checkpoint.pt")
@@ -308,8 +314,10 @@ def test_a_non_finite_final_observation_is_the_envs_not_the_losss(tmp_path, scri
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *flags, "--total-timesteps", str(4 * BATCH))
     assert exit_info.value.code.startswith(
-        f"error: env 0 returned a non-finite observation or reward at global step {BATCH}; "
+        "error: training failed: FloatingPointError: env 0 returned a non-finite observation"
     )
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load(run_dir / "checkpoint.pt")["iteration"] == 0  # (NaN in iteration 1's last step)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -429,16 +437,20 @@ def write_bad_files(directory, script: str, run_dir) -> dict:
             "its saved num_envs '2' is not a <class 'int'>",
         ),
         "the other script's": ({**checkpoint, "script": other_script}, not_ours),
-        "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "has no optimizer"),
+        "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "optimizer, iteration, global_step"),
         "other spaces": ({**checkpoint, "spaces": ["Box(3,)", "Box(9,)"]}, "is for spaces"),
-        "other network": (
+        "other network": (  # the message names the parameter and both shapes
             {**checkpoint, "model": {**checkpoint["model"], first_weight: torch.zeros(3, 3)}},
-            "does not fit this script's network",
+            (
+                f"does not fit this script's network: size mismatch for {first_weight}: copying "
+                "a param with shape torch.Size([3, 3]) from checkpoint"
+            ),
         ),
     }
     paths = {}
     for name, (content, fragment) in files.items():
-        path = directory / f"{name.replace(' ', '_')}.pt"
+        path = directory / name.replace(" ", "_") / "checkpoint.pt"  # (what --resume takes)
+        path.parent.mkdir()
         if isinstance(content, bytes) and name != "missing":
             path.write_bytes(content)
         elif isinstance(content, dict):
@@ -475,21 +487,26 @@ def test_bad_checkpoint_as_a_user_sees_it(tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_resume_and_eval_only_refuse_flags_they_would_ignore(saved_runs, tmp_path, script):
+def test_resume_and_eval_only_refuse_flags_that_would_change_the_saved_run(
+    saved_runs, tmp_path, script
+):
     run_dir = saved_runs[script]
     for args, fragment in [
         (["--resume", str(run_dir), "--seed", "7"], "--seed cannot be set with --resume"),
         (["--eval-only", str(run_dir), "--num-envs", "3"], "--num-envs cannot be set with"),
         (["--resume", str(run_dir), "--eval-only", str(run_dir)], "--eval-only cannot be set"),
-        # typed, though equal to the saved value or the default: it would still be ignored
-        (["--resume", str(run_dir), "--seed", "1"], "--seed cannot be set with --resume"),
-        (["--resume", str(run_dir), "--anneal_lr"], "--anneal-lr cannot be set with --resume"),
+        (["--resume", str(run_dir), "--seed", "2"], "--seed cannot be set with --resume"),
+        (["--resume", str(run_dir), "--no-anneal_lr"], "--anneal-lr cannot be set with --resume"),
         (["--eval-only", str(run_dir), "--env-id", "Acrobot-v1"], "is not the saved run's env"),
-        (["--eval-only", str(run_dir), "--no-norm-obs"], "--norm-obs cannot be set"),
+        (["--eval-only", str(run_dir), "--norm-obs"], "--norm-obs cannot be set"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             run_in(tmp_path, script, *args)
         assert fragment in exit_info.value.code
+    # A flag typed at the saved run's value changes nothing: the run (complete) says so.
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, "--resume", str(run_dir), "--seed", "1", "--anneal-lr")
+    assert exit_info.value.code == 0
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -568,8 +585,9 @@ def test_a_saved_env_id_never_imports_a_module_the_command_line_does_not_name(
     assert marker.exists()
 
 
-def test_resume_never_replaces_a_checkpoint_further_on_than_its_own(saved_runs, tmp_path):
-    """--resume of an older copy beside the run's checkpoint.pt would overwrite it: refused."""
+def test_resume_never_replaces_a_checkpoint_with_a_copy(saved_runs, tmp_path):
+    """--resume of an older copy beside the run's checkpoint.pt would overwrite that with a run
+    from the copy's step: --resume takes only a run's checkpoint.pt."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")  # 2 iterations, 512 steps
@@ -578,9 +596,9 @@ def test_resume_never_replaces_a_checkpoint_further_on_than_its_own(saved_runs, 
     torch.save(older, run_dir / "backup.pt")
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir / "backup.pt"))
-    assert exit_info.value.code.startswith(
-        f"error: {run_dir}/checkpoint.pt is further on (step 512) than {run_dir}/backup.pt (step "
-        "256), and resuming would replace it"
+    assert exit_info.value.code == (
+        f"error: --resume takes a run directory or its checkpoint.pt: to continue from "
+        f"{run_dir}/backup.pt, copy it into a directory of its own as checkpoint.pt"
     )
     assert load(run_dir / "checkpoint.pt")["global_step"] == 512
 
@@ -643,14 +661,14 @@ def test_a_gif_rendered_without_a_display_prints_its_path_and_no_error(saved_run
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_saved_statistics_of_another_shape_do_not_load(script):
     module = import_script(script)
-    saved = {"obs_rms": module.RunningMeanStd((5,)).state_dict()}
+    saved = {"obs_rms": module.statistics_state(RunningMeanStd(shape=(5,)))}
     with pytest.raises(SystemExit) as exit_info:
-        module.load_states(saved, {"obs_rms": module.RunningMeanStd((3,))})
+        module.load_states(saved, {"obs_rms": RunningMeanStd(shape=(3,))})
     assert exit_info.value.code == (
         "error: the saved obs_rms does not fit this script's network: its shape is (5,)"
     )
     with pytest.raises(SystemExit) as exit_info:  # (a tampered file: a number for the mean)
-        module.load_states({"obs_rms": {"mean": 5}}, {"obs_rms": module.RunningMeanStd((3,))})
+        module.load_states({"obs_rms": {"mean": 5}}, {"obs_rms": RunningMeanStd(shape=(3,))})
     assert exit_info.value.code.startswith("error: the saved obs_rms does not fit")
 
 
@@ -667,3 +685,31 @@ def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_p
     torch.save(checkpoint, run_dir / "checkpoint.pt")
     run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir))
     assert load(run_dir / "checkpoint.pt")["iteration"] == 2 * checkpoint["iteration"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_flags_of_any_type_tyro_takes_round_trip_through_resume_and_eval_only(tmp_path, script):
+    """A copy of the script with three new flags, of types a researcher adds (a tuple, a Literal,
+    an optional float): a run saves them, and --resume and --eval-only read them back."""
+    new_flags = [
+        "    hidden_sizes: tuple[int, ...] = (64, 64)  # a tuple",
+        '    activation: Literal["tanh", "relu"] = "tanh"  # a Literal',
+        "    init_log_std: float | None = None  # an optional float",
+    ]
+    text = (ROOT / script).read_text()
+    anchor = next(line for line in text.splitlines() if line.startswith("    eval_episodes: int"))
+    (tmp_path / script).write_text(text.replace(anchor, "\n".join([anchor, *new_flags])))
+    copy = str(tmp_path / script)
+    flags = ["--hidden-sizes", "32", "16", "--activation", "relu", "--init-log-std", "-0.5"]
+    run_to_success(tmp_path, copy, *TINY, *flags, "--total-timesteps", "256", "--save-model")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved = load(run_dir / "checkpoint.pt")["args"]
+    assert (saved["hidden_sizes"], saved["activation"], saved["init_log_std"]) == (
+        (32, 16),
+        "relu",
+        -0.5,
+    )
+    run_to_success(tmp_path, copy, "--resume", str(run_dir), "--total-timesteps", "512")
+    assert load(run_dir / "checkpoint.pt")["args"]["hidden_sizes"] == (32, 16)
+    stdout = run_to_success(tmp_path, copy, "--eval-only", str(run_dir / "agent.pt"))
+    assert "eval: mean return" in stdout

@@ -1,6 +1,5 @@
 """The math of both scripts against independent, brute-force references (§3, §4, §5, §8)."""
 
-import copy
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SCRIPTS, import_script
+from gymnasium.wrappers.utils import RunningMeanStd
 from torch.distributions import Categorical, Normal
 
 BOX_4 = gym.spaces.Box(-1.0, 1.0, (4,))  # an observation space for the policy tests
@@ -178,33 +178,22 @@ def test_value_loss_case_by_case(module, new, old, ret):
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_running_mean_std_matches_numpy_over_the_whole_stream(module):
-    rng = np.random.default_rng(0)
-    batches = [rng.normal(3.0, 2.0, size=(n, 3)) for n in (1, 7, 64, 5)]
-    rms = module.RunningMeanStd((3,))
-    for batch in batches:
-        rms.update(batch)
-    everything = np.concatenate(batches)
-    np.testing.assert_allclose(rms.mean, everything.mean(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(rms.var, everything.var(axis=0), rtol=1e-6)
-    assert rms.count == pytest.approx(len(everything))
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_running_mean_std_state_round_trips_exactly(module):
-    """A count past float32's exact integers (2^24) survives a checkpoint."""
-    rms = module.RunningMeanStd((2,))
-    rms.merge(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 2**24 + 1)
-    restored = module.RunningMeanStd((2,))
-    restored.load_state_dict(rms.state_dict())
+def test_running_statistics_survive_a_checkpoint_exactly(module):
+    """§8.5 statistics_state and load_states: a count past float32's exact integers (2^24), and
+    the mean and variance, come back bit for bit."""
+    rms = RunningMeanStd(shape=(2,))
+    rms.update_from_moments(np.array([1.0, 2.0]), np.array([3.0, 4.0]), 2**24 + 1)
+    restored = RunningMeanStd(shape=(2,))
+    module.load_states({"obs_rms": module.statistics_state(rms)}, {"obs_rms": restored})
     assert restored.count == rms.count
     np.testing.assert_array_equal(restored.mean, rms.mean)
     np.testing.assert_array_equal(restored.var, rms.var)
+    assert module.statistics_state(None) is None
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_normalize_obs_standardizes_and_clips(module):
-    rms = module.RunningMeanStd((2,))
+    rms = RunningMeanStd(epsilon=1e-12, shape=(2,))  # (a count of 1e-12 before the data)
     rms.update(np.array([[0.0, 10.0], [2.0, 30.0]]))  # mean (1, 20), std (1, 10)
     obs = np.array([[2.0, 0.0], [1.0, 1e6]])
     expected = torch.tensor([[1.0, -2.0], [0.0, module.NORM_CLIP]])
@@ -213,12 +202,13 @@ def test_normalize_obs_standardizes_and_clips(module):
     torch.testing.assert_close(module.normalize_obs(obs, None, cpu), torch.tensor(obs).float())
 
 
-def agent_for(module, observation_space, action_space, **agent_kwargs) -> torch.nn.Module:
-    """A fresh Agent for these spaces (the Agent reads only the vector env's single_*_space)."""
+def agent_for(module, observation_space, action_space, **args) -> torch.nn.Module:
+    """A fresh Agent for these spaces (the Agent reads only the vector env's single_*_space) and
+    these Args fields."""
     envs = SimpleNamespace(
         single_observation_space=observation_space, single_action_space=action_space
     )
-    return module.Agent(envs, **agent_kwargs)
+    return module.Agent(envs, module.Args(**args))
 
 
 @pytest.mark.parametrize("state_dependent_std", [False, True])
@@ -239,7 +229,7 @@ def test_normal_policy_matches_torch_distributions(state_dependent_std):
     reference = Normal(mean, log_std.exp())
     torch.testing.assert_close(log_prob, reference.log_prob(actions).sum(-1))
     torch.testing.assert_close(entropy, reference.entropy().sum(-1))
-    torch.testing.assert_close(value, agent.critic(obs))
+    torch.testing.assert_close(value, agent.critic(obs)[:, 0])  # (batch,)
 
     # Many samples for one observation: their mean and std are the policy's.
     samples, *_ = agent.get_action_and_value(obs[:1].expand(40_000, 4))
@@ -259,42 +249,8 @@ def test_categorical_policy_matches_torch_distributions():
     reference = Categorical(logits=agent.actor(obs))
     torch.testing.assert_close(log_prob, reference.log_prob(actions))
     torch.testing.assert_close(entropy, reference.entropy())
-    torch.testing.assert_close(value, agent.critic(obs))
+    torch.testing.assert_close(value, agent.critic(obs)[:, 0])  # (batch,)
 
     samples, *_ = agent.get_action_and_value(obs[:1].expand(40_000, 4))
     frequencies = torch.bincount(samples, minlength=5) / 40_000
     torch.testing.assert_close(frequencies, reference.probs[0], atol=0.01, rtol=0)
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_adam_is_torchs_adam_step_for_step_and_shares_its_state_dict(module):
-    """§8.4 the scripts' Adam takes torch.optim.Adam's steps bit for bit (its single-tensor
-    implementation), and each loads the other's state_dict and goes on as the other would."""
-    torch.manual_seed(0)
-    agent = agent_for(module, BOX_4, gym.spaces.Discrete(3) if module is MODULES[1] else BOX_4)
-    twin = copy.deepcopy(agent)
-    ours = module.Adam(agent.parameters(), lr=1e-2, eps=1e-5)
-    reference = torch.optim.Adam(twin.parameters(), lr=1e-2, eps=1e-5, foreach=False)
-
-    def steps(model, optimizer, count: int) -> None:
-        torch.manual_seed(1)  # the same observations and sampled actions for both
-        for _ in range(count):
-            optimizer.zero_grad()
-            obs = torch.randn(32, 4)
-            _, logprob, entropy, value = model.get_action_and_value(obs)
-            (value.pow(2).mean() - logprob.mean() - entropy.mean()).backward()
-            optimizer.step()
-
-    steps(agent, ours, 50)
-    steps(twin, reference, 50)
-    assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), twin.parameters()))
-
-    # Swap the state dicts: each optimizer continues from the other's moments and step count.
-    swapped_ours = module.Adam(twin.parameters(), lr=0.0)
-    swapped_ours.load_state_dict(reference.state_dict())
-    swapped_reference = torch.optim.Adam(agent.parameters(), lr=0.0, foreach=False)
-    swapped_reference.load_state_dict(ours.state_dict())
-    assert swapped_ours.steps == 50 and swapped_ours.lr == 1e-2
-    steps(twin, swapped_ours, 5)
-    steps(agent, swapped_reference, 5)
-    assert all(torch.equal(p, q) for p, q in zip(agent.parameters(), twin.parameters()))

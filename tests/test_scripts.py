@@ -1,9 +1,13 @@
 """Each script end to end on tiny budgets: logs, saved model, GIF, determinism, learned values."""
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import pytest
 import torch
-from conftest import SCRIPTS, import_script, scalars
+from conftest import ROOT, SCRIPTS, import_script, scalars
+from gymnasium.wrappers.utils import RunningMeanStd
 from PIL import Image
 
 # Two iterations of 2 envs x 128 steps: a Pendulum episode (200 steps) ends in the second one.
@@ -30,10 +34,12 @@ TOY_ENV = {
 }
 
 
-def load_agent(script: str, env_id: str, checkpoint: dict, **agent_kwargs) -> torch.nn.Module:
-    """A fresh Agent of the script, built for env_id, with the checkpoint's weights loaded strictly."""
+def load_agent(script: str, env_id: str, checkpoint: dict) -> torch.nn.Module:
+    """A fresh Agent of the script, built for env_id with the checkpoint's arguments, with its
+    weights loaded strictly."""
+    module = import_script(script)
     envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)])
-    agent = import_script(script).Agent(envs, **agent_kwargs)
+    agent = module.Agent(envs, module.RunArgs(**checkpoint["args"]))
     agent.load_state_dict(checkpoint["model"])
     return agent
 
@@ -57,13 +63,11 @@ def test_tiny_run_logs_saves_and_records(run_script, capsys, script):
     obs_dim = {"ppo_continuous.py": 3, "ppo_discrete.py": 4}[script]  # Pendulum's, CartPole's
     assert checkpoint["obs_rms"]["mean"].shape == (obs_dim,)
     assert checkpoint["obs_rms"]["count"] > 512  # every observation of the run
-    obs_rms = module.RunningMeanStd()
-    obs_rms.load_state_dict(checkpoint["obs_rms"])
+    obs_rms = RunningMeanStd(shape=(obs_dim,))
+    module.load_states(checkpoint, {"obs_rms": obs_rms})
     # The saved agent, with its saved normalization, evaluates exactly as it did after training.
-    seed = 1 + 2  # seed + num_envs
-    eval_returns = module.evaluate(
-        agent, DEFAULT_ENV[script], 2, seed, torch.device("cpu"), obs_rms
-    )
+    args = module.RunArgs(**checkpoint["args"])
+    eval_returns = module.evaluate(agent, args, torch.device("cpu"), obs_rms, None)
     eval_return = sum(eval_returns) / 2
     assert eval_return == pytest.approx(logged["eval/episodic_return"][0], rel=1e-5)
 
@@ -94,7 +98,7 @@ def test_state_dependent_std_trains_and_reloads(run_script):
     run_dir = run_script("ppo_continuous.py", *TINY, "--state-dependent-std", "--save-model")
     checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
     assert checkpoint["args"]["state_dependent_std"]
-    agent = load_agent("ppo_continuous.py", "Pendulum-v1", checkpoint, state_dependent_std=True)
+    agent = load_agent("ppo_continuous.py", "Pendulum-v1", checkpoint)
     std = agent.get_mean_and_logstd(torch.randn(5, 3))[1].exp()  # (5, 1), one per observation
     assert std.shape == (5, 1) and std.unique().numel() == 5
 
@@ -138,3 +142,29 @@ def test_cuda_run_logs_and_saves_an_agent_that_loads_on_the_cpu(run_script, scri
     checkpoint = torch.load(run_dir / "agent.pt", map_location="cpu", weights_only=True)
     agent = load_agent(script, DEFAULT_ENV[script], checkpoint)
     assert all(parameter.device.type == "cpu" for parameter in agent.parameters())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_part_1_alone_is_a_whole_ppo(tmp_path, script):
+    """The script cut just above the Part 2 banner, with `train(tyro.cli(Args))` under
+    `if __name__ == "__main__":`, trains, logs to TensorBoard, saves and evaluates; its command
+    line has no flag of Part 2's."""
+    lines = (ROOT / script).read_text().splitlines()
+    banner = next(i for i, line in enumerate(lines) if line.startswith("# Part 2"))
+    part_1 = "\n".join(lines[: banner - 1])  # (the line above the banner's text is dashes)
+    cut = tmp_path / script
+    cut.write_text(f'{part_1}\n\n\nif __name__ == "__main__":\n    train(tyro.cli(Args))\n')
+    run = [sys.executable, str(cut), *TINY, "--save-model"]
+    done = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "eval: mean return" in done.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert REQUIRED_TAGS <= scalars(run_dir).keys()
+    checkpoint = torch.load(run_dir / "agent.pt", weights_only=True)
+    agent = load_agent(script, DEFAULT_ENV[script], checkpoint)  # (the whole script's Agent)
+    assert sum(parameter.numel() for parameter in agent.parameters()) > 0
+    usage = subprocess.run(
+        [sys.executable, str(cut), "--help"], check=True, capture_output=True, text=True
+    )
+    assert "--learning-rate" in usage.stdout
+    assert not {"--resume", "--eval-only", "--checkpoint-every"} & set(usage.stdout.split())

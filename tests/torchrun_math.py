@@ -1,9 +1,10 @@
 """The math of ppo_continuous.py's torchrun helpers, run under `torchrun --nproc_per_node K`; rank 0
 saves the results in the working directory, and tests/test_torchrun.py compares them with one
 process's brute-force figures:
-- gradient.pt: each rank takes its 1/K of one minibatch, computes the update's loss on it
-  (advantages by normalize_advantages) and averages the gradients (mean_gradients_over_ranks):
-  the whole minibatch's gradient;
+- gradient.pt: each rank takes its 1/K of one minibatch and computes the update's loss on it (its
+  advantages normalized by its part's statistics); the hooks the scripts register
+  (average_gradients_over_ranks) average the gradients over the ranks in backward(): the mean of
+  the K parts' gradients;
 - statistics.pt: each rank updates a RunningMeanStd with its own data (rank_data) and the ranks
   call sync_statistics_over_ranks after each round: the mean and variance of all ranks' data."""
 
@@ -14,15 +15,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
+from gymnasium.wrappers.utils import RunningMeanStd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
 from ppo_continuous import (
+    EPSILON,
     Agent,
     Args,
-    RunningMeanStd,
+    average_gradients_over_ranks,
     clipped_surrogate_loss,
-    mean_gradients_over_ranks,
-    normalize_advantages,
+    statistics_state,
     sync_statistics_over_ranks,
     value_loss,
 )
@@ -47,20 +49,21 @@ def minibatch() -> dict[str, torch.Tensor]:
 def agent() -> Agent:
     """An Agent for Pendulum-v1, initialized the same in every process."""
     torch.manual_seed(0)
-    return Agent(gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")]))
+    return Agent(gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")]), Args())
 
 
 def loss_gradient(agent: Agent, mb: dict[str, torch.Tensor]) -> torch.Tensor:
     """The update's loss (default coefficients) on minibatch part mb, as the training loop computes
-    it; returns its gradient averaged over the ranks, flattened: (num_params,)."""
+    it (§8.6: the advantages normalized by mb's statistics); returns its gradient after backward()
+    (and the hooks registered on the agent), flattened: (num_params,)."""
     args = Args()
     _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb["obs"], mb["actions"])
     ratio = (newlogprob - mb["logprobs"]).exp()
-    pg_loss = clipped_surrogate_loss(ratio, normalize_advantages(mb["advantages"]), args.clip_coef)
-    v_loss = value_loss(newvalue.flatten(), mb["values"], mb["returns"], None)
+    advantages = (mb["advantages"] - mb["advantages"].mean()) / (mb["advantages"].std() + EPSILON)
+    pg_loss = clipped_surrogate_loss(ratio, advantages, args.clip_coef)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], None)
     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
     loss.backward()
-    mean_gradients_over_ranks(agent)
     return torch.cat([param.grad.flatten() for param in agent.parameters()])
 
 
@@ -75,15 +78,17 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     part = {key: tensor.chunk(world_size)[rank] for key, tensor in minibatch().items()}
-    gradient = loss_gradient(agent(), part)
-    statistics = RunningMeanStd((OBS_DIM,))
+    ranks_agent = agent()
+    average_gradients_over_ranks(ranks_agent)  # as the scripts do under torchrun
+    gradient = loss_gradient(ranks_agent, part)
+    statistics = RunningMeanStd(shape=(OBS_DIM,))
     for round_ in range(ROUNDS):
-        boundary = {"obs_rms": statistics.state_dict(), "return_rms": None}  # as all ranks agreed
+        boundary = {"obs_rms": statistics_state(statistics), "return_rms": None}  # agreed on
         for batch in rank_data(rank, round_):
             statistics.update(batch)
         sync_statistics_over_ranks(boundary, statistics, None)
     if rank == 0:
         torch.save(gradient, "gradient.pt")
-        torch.save(statistics.state_dict(), "statistics.pt")
+        torch.save(statistics_state(statistics), "statistics.pt")
     dist.barrier()  # as in the scripts: no rank leaves before the others are done
     dist.destroy_process_group()
