@@ -1,8 +1,9 @@
 """Proximal Policy Optimization for discrete (Discrete) action spaces, in one file.
 
-Part 1 is PPO, whole: arguments, networks, §4 GAE, §3 clipped objective, `train` (the §9 loop) and
-`evaluate`. Part 2 is what long runs and many processes need (checks, checkpoints, resume, signals,
-torchrun), attached to `train` from outside. §N: the README's "The math, section by section".
+Part 1 is a whole PPO that runs on its own: arguments, networks, §4 GAE, §3 clipped objective,
+`train` (the §9 loop) and `evaluate`. Part 2 attaches from outside what long runs and many
+processes need (checks, checkpoints, resume, signals, torchrun). §N: the README's "The math,
+section by section"; the papers' equations are cited where they have one.
 
     python ppo_discrete.py --env-id CartPole-v1
     torchrun --standalone --nproc_per_node 2 ppo_discrete.py --env-id CartPole-v1  # 2 processes
@@ -92,7 +93,8 @@ def mlp(in_dim: int, out_dim: int, out_std: float) -> nn.Sequential:
 
 
 class Agent(nn.Module):
-    """§8.1 separate actor and critic networks; §8.3 a Categorical policy over the actions."""
+    """§8.1 separate actor and critic networks; §8.3 a Categorical policy over the actions.
+    (args: the flags that shape the networks, as in ppo_continuous.py; none yet here.)"""
 
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
@@ -549,12 +551,10 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
     for name in ("ent_coef", "vf_coef", "eval_episodes", "eval_every", "checkpoint_every"):
         if (value := getattr(args, name)) < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
-    if not 0 <= args.seed < 2**31:  # numpy takes seeds below 2**32; room for seed + env index
+    if not 0 <= args.seed < 2**31:  # (with room for the envs' seeds, seed + index + step)
         return f"--seed must be in [0, 2**31), got {args.seed}"
     if (args.capture_gif or args.eval_every or args.eval_only) and not args.eval_episodes:
-        return (
-            "--capture-gif, --eval-every and --eval-only evaluate: they need --eval-episodes >= 1"
-        )
+        return "--capture-gif, --eval-every and --eval-only need --eval-episodes >= 1"
     if args.num_envs % world_size != 0:
         return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
     if world_size > 1 and args.eval_only is not None:
@@ -580,14 +580,10 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
         return f"--capture-gif: {env_id} cannot render frames (it has no rgb_array render mode)"
     if not isinstance(action_space, gym.spaces.Discrete):
         return (
-            f"{env_id} has a {type(action_space).__name__} action space; "
-            "ppo_discrete.py takes Discrete actions (use ppo_continuous.py for Box ones)"
+            f"{SCRIPT} takes Discrete actions; {env_id} has {action_space} (use ppo_continuous.py)"
         )
     if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
-        return (
-            f"{env_id} has observation space {obs_space}; the MLP takes a 1-D Box "
-            "(wrap the env with gymnasium.wrappers.FlattenObservation)"
-        )
+        return f"the MLP takes a 1-D Box; {env_id} has {obs_space}: wrap it in FlattenObservation"
     spaces = [str(obs_space), str(action_space)]  # (a checkpoint saves them; agent.pt does not)
     if saved is not None and saved.get("spaces", spaces) != spaces:
         return f"the saved run is for spaces {saved['spaces']}; {env_id} has {spaces}"
@@ -727,8 +723,8 @@ def load_states(saved: dict, objects: dict) -> None:
             if obj is not None:
                 obj.load_state_dict(saved[name])
         except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
-            lines = [line.strip() for line in str(e).strip().splitlines()]
-            reason = "; ".join(lines[1:]) or lines[0]  # (torch's details follow a heading line)
+            lines = [line.strip() for line in str(e).strip().splitlines()]  # torch's: a heading,
+            reason = lines[-1] if len(lines) < 3 else f"{lines[1]} (and {len(lines) - 2} more)"
             sys.exit(f"error: the saved {name} does not fit this script's network: {reason}")
 
 
@@ -755,8 +751,8 @@ class NoLog:
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
 
-    def ignore(self, *args: object) -> None:
-        """Logs nothing."""
+    def ignore(self, *args: object) -> None:  # logs nothing
+        pass
 
     add_scalar = add_text = flush = close = ignore
 
@@ -794,12 +790,6 @@ class LongRun:
         purge_step = None if saved is None else saved["global_step"] + 1
         self.writer = SummaryWriter(run_dir, purge_step=purge_step) if self.rank == 0 else None
         self.writer = self.writer or NoLog(run_dir)
-        batch_size, iterations = args.num_envs * args.num_steps, iterations_of(args)
-        budget = f"{iterations} iterations x {batch_size} steps = {iterations * batch_size} steps"
-        if (cut := args.total_timesteps - iterations * batch_size) > 0:
-            budget += f" (the last {cut} of --total-timesteps do not fill a batch)"
-        start = f", resumed after iteration {saved['iteration']}" if saved is not None else ""
-        print(f"run {run_dir}: {budget}{start}")  # its budget as it will really run
 
     def start(self, trained: dict) -> tuple[int, int]:
         """on_start: loads --resume's checkpoint; under torchrun, the ranks become one agent."""
@@ -813,8 +803,12 @@ class LongRun:
         if dist.is_initialized():
             for param in trained["model"].parameters():
                 dist.broadcast(param.data, src=0)
-            average_gradients_over_ranks(trained["model"])
+            average_gradients_over_ranks(trained["model"], trained["optimizer"])
         self.state = self.training_state(iteration, global_step)
+        iterations, batch_size = iterations_of(self.args), self.args.num_envs * self.args.num_steps
+        budget = f"{iterations} iterations x {batch_size} steps = {iterations * batch_size} steps"
+        start = f", resumed after iteration {iteration}" if iteration > 0 else ""
+        print(f"run {self.run_dir}: {budget}{start}")  # the budget as it will really run
         return iteration, global_step
 
     def training_state(self, iteration: int, global_step: int) -> dict:
@@ -918,11 +912,12 @@ def training_failure(error: Exception, run_dir: str) -> str:
 # calls these at the same point (a collective waits for all).
 
 
-def average_gradients_over_ranks(model: nn.Module) -> None:
+def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Hooks on the parameters: once backward() has completed every gradient, one all_reduce (an
     all_reduce per parameter took 9x as long here) makes each the mean over the ranks, and all
     take the same optimizer step. Each rank's loss is the mean over its part of the minibatch,
-    its advantages normalized by that part's statistics (§8.6, as in CleanRL's multi-GPU PPO)."""
+    its advantages normalized by that part's statistics (§8.6, as in CleanRL's multi-GPU PPO).
+    As with DDP, every parameter needs a gradient: a step without one's is an error."""
     params = [param for param in model.parameters() if param.requires_grad]
     done = []  # the parameters whose gradient this backward() has completed
 
@@ -936,8 +931,13 @@ def average_gradients_over_ranks(model: nn.Module) -> None:
             for grad, part in zip(grads, mean.split([grad.numel() for grad in grads])):
                 grad.copy_(part.view_as(grad))
 
+    def all_averaged(*hook_args: object) -> None:  # the optimizer's hook before each step
+        if done:  # (the hook of a parameter without a gradient did not run)
+            raise RuntimeError("under torchrun every parameter needs a gradient in each step")
+
     for param in params:
         param.register_post_accumulate_grad_hook(gradient_done)
+    optimizer.register_step_pre_hook(all_averaged)
 
 
 def sync_statistics_over_ranks(

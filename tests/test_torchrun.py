@@ -60,6 +60,12 @@ def test_backward_averages_the_ranks_gradients(torchrun_math):
     assert not torch.allclose(mean_gradient, whole_minibatch)
 
 
+def test_a_parameter_without_a_gradient_is_an_error_not_a_silent_split(torchrun_math):
+    """As with DDP: had the step gone on, each rank would have taken its own gradient."""
+    error = (torchrun_math / "unused_parameter.txt").read_text()
+    assert error == "under torchrun every parameter needs a gradient in each step"
+
+
 def test_synced_statistics_are_those_of_every_ranks_data(torchrun_math):
     every_batch = [batch for r in range(2) for i in range(ROUNDS) for batch in rank_data(r, i)]
     all_data = np.concatenate(every_batch)  # (rows, OBS_DIM)

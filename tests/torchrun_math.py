@@ -6,7 +6,9 @@ process's brute-force figures:
   (average_gradients_over_ranks) average the gradients over the ranks in backward(): the mean of
   the K parts' gradients;
 - statistics.pt: each rank updates a RunningMeanStd with its own data (rank_data) and the ranks
-  call sync_statistics_over_ranks after each round: the mean and variance of all ranks' data."""
+  call sync_statistics_over_ranks after each round: the mean and variance of all ranks' data;
+- unused_parameter.txt: the error of an optimizer step after a backward() that left a parameter
+  without a gradient (the hooks never averaged the others)."""
 
 import sys
 from pathlib import Path
@@ -64,7 +66,9 @@ def loss_gradient(agent: Agent, mb: dict[str, torch.Tensor]) -> torch.Tensor:
     v_loss = value_loss(newvalue, mb["values"], mb["returns"], None)
     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
     loss.backward()
-    return torch.cat([param.grad.flatten() for param in agent.parameters()])
+    return torch.cat(
+        [param.grad.flatten() for param in agent.parameters() if param.grad is not None]
+    )
 
 
 def rank_data(rank: int, round_: int) -> list[np.ndarray]:
@@ -79,8 +83,18 @@ if __name__ == "__main__":
     rank, world_size = dist.get_rank(), dist.get_world_size()
     part = {key: tensor.chunk(world_size)[rank] for key, tensor in minibatch().items()}
     ranks_agent = agent()
-    average_gradients_over_ranks(ranks_agent)  # as the scripts do under torchrun
+    average_gradients_over_ranks(ranks_agent, torch.optim.Adam(ranks_agent.parameters()))
     gradient = loss_gradient(ranks_agent, part)
+    unused = agent()
+    unused.extra = torch.nn.Parameter(torch.zeros(3))  # (in no loss)
+    optimizer = torch.optim.Adam(unused.parameters())
+    average_gradients_over_ranks(unused, optimizer)
+    loss_gradient(unused, part)
+    try:
+        optimizer.step()
+        error = "none"
+    except RuntimeError as e:
+        error = str(e)
     statistics = RunningMeanStd(shape=(OBS_DIM,))
     for round_ in range(ROUNDS):
         boundary = {"obs_rms": statistics_state(statistics), "return_rms": None}  # agreed on
@@ -90,5 +104,6 @@ if __name__ == "__main__":
     if rank == 0:
         torch.save(gradient, "gradient.pt")
         torch.save(statistics_state(statistics), "statistics.pt")
+        Path("unused_parameter.txt").write_text(error)
     dist.barrier()  # as in the scripts: no rank leaves before the others are done
     dist.destroy_process_group()
