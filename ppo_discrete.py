@@ -428,6 +428,7 @@ import contextlib
 import copy
 import itertools
 import pickle
+import shlex
 import signal
 import sys
 import traceback
@@ -499,10 +500,11 @@ def main() -> dict:
             load_states(saved, {"model": trained["model"], "obs_rms": trained["obs_rms"]})
             return iterations_of(args), 0
 
-        remove_planted_links(saved_dir)
+        args = replace(args, save_model=False)
+        remove_planted_links(saved_dir, args)
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
         try:
-            train(replace(args, save_model=False), envs, NoLog(saved_dir), load_saved_agent)
+            train(args, envs, NoLog(saved_dir), load_saved_agent)
         except Exception as e:  # noqa: BLE001 (the env's code, the disk)
             sys.exit(f"error: evaluation failed: {one_line(e)}")
         sys.exit(0)
@@ -515,7 +517,7 @@ def main() -> dict:
     if world_size > 1:
         dist.broadcast_object_list(run_dir, src=0)
     run_dir = run_dir[0]
-    remove_planted_links(run_dir)
+    remove_planted_links(run_dir, args)
     long_run = LongRun(args, envs, run_dir, saved)
     if rank > 0:  # envs r * n + j (n = num_envs / K), seeded as one process seeds them; the seed
         # shift also gives rank r its own action noise and minibatch order. Rank 0 alone saves.
@@ -608,7 +610,7 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
     saved = replace(RunArgs(**saved_args), resume=args.resume, eval_only=args.eval_only)
     saved = replace(saved, **{"eval_only" if resume else "resume": None})  # (its own path only)
     typed = tyro.cli(RunArgs, default=saved)  # the command line over the saved arguments
-    changed = [name for name in types if getattr(typed, name) != getattr(saved, name)]
+    changed = [name for name in types if repr(getattr(typed, name)) != repr(getattr(saved, name))]
     if ignored := [name for name in changed if name not in own_flags]:
         flag = f"--{ignored[0].replace('_', '-')}"
         raise ValueError(f"{flag} cannot be set with {mode}: the saved run's arguments apply")
@@ -625,7 +627,7 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
 
 def env_confirmation(env_id: str) -> str:
     """What --resume and --eval-only need on the command line to make a saved `module:EnvId`."""
-    return f" --env-id {env_id}" if ":" in env_id else ""
+    return f" --env-id {shlex.quote(env_id)}" if ":" in env_id else ""
 
 
 def exit_if_resume_would_not_train(args: RunArgs, saved: dict, path: str) -> None:
@@ -643,7 +645,7 @@ def exit_if_resume_would_not_train(args: RunArgs, saved: dict, path: str) -> Non
             "steps the run has trained"
         )
     if iteration == iterations_of(args):
-        run_dir, confirm = os.path.dirname(path) or ".", env_confirmation(args.env_id)
+        run_dir, confirm = shlex.quote(os.path.dirname(path) or "."), env_confirmation(args.env_id)
         print(
             f"{run_dir} is complete ({iteration} iterations, {global_step} steps): evaluate it "
             f"with --eval-only {run_dir}{confirm}, or train it longer with --resume {run_dir}"
@@ -668,16 +670,16 @@ def new_run_dir(args: RunArgs) -> str:
         sys.exit(f"error: cannot make the run directory in {os.getcwd()}: {e.strerror}")
 
 
-def remove_planted_links(run_dir: str) -> None:
-    """train() writes agent.pt and episode.gif with open(), which follows a planted link."""
-    for path in (f"{run_dir}/agent.pt", f"{run_dir}/episode.gif"):
-        if os.path.islink(path):
+def remove_planted_links(run_dir: str, args: RunArgs) -> None:
+    """train() writes agent.pt (--save-model) and episode.gif (--capture-gif) with open(), which
+    would write through a link planted at either name: such a link is removed first."""
+    for name, written in (("agent.pt", args.save_model), ("episode.gif", args.capture_gif)):
+        if written and os.path.islink(path := f"{run_dir}/{name}"):
             os.remove(path)
 
 
 def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
-    """This script's agent.pt or checkpoint.pt with `keys`; anything else (missing, damaged,
-    foreign, code in a pickle) raises ValueError. weights_only=True: code is refused, never run."""
+    """This script's agent.pt or checkpoint.pt with `keys`; else ValueError (weights_only=True)."""
     not_ours = f"{path} is not a checkpoint written by {SCRIPT}"
     try:
         with open(path, "rb") as f:
@@ -751,10 +753,7 @@ class NoLog:
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
 
-    def ignore(self, *args: object) -> None:  # logs nothing
-        pass
-
-    add_scalar = add_text = flush = close = ignore
+    add_scalar = add_text = flush = close = staticmethod(lambda *args: None)  # log nothing
 
 
 class FiniteCheck(gym.vector.VectorWrapper):
@@ -798,8 +797,10 @@ class LongRun:
         if self.saved is not None:
             load_states(self.saved, trained)
             iteration, global_step = self.saved["iteration"], self.saved["global_step"]
-            if self.rank == 0:  # (the other ranks' generators were not saved: they seed anew)
+            if self.rank == 0:
                 torch.set_rng_state(self.saved["rng"])
+            else:  # (its generator was not saved: it seeds anew, not as at the run's start)
+                torch.manual_seed(self.args.seed + self.rank + global_step)
         if dist.is_initialized():
             for param in trained["model"].parameters():
                 dist.broadcast(param.data, src=0)
@@ -846,8 +847,7 @@ class LongRun:
 
     def write(self) -> None:
         if self.rank == 0 and self.state is not None:
-            state = self.state
-            write_atomically(f"{self.run_dir}/checkpoint.pt", lambda f: torch.save(state, f))
+            write_atomically(f"{self.run_dir}/checkpoint.pt", lambda f: torch.save(self.state, f))
 
     def __enter__(self) -> None:
         self.handlers = {s: signal.signal(s, self.request_stop) for s in STOP_SIGNALS}
@@ -855,16 +855,17 @@ class LongRun:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         for signum in STOP_SIGNALS:  # a signal now would cut the checkpoint short
             signal.signal(signum, signal.SIG_IGN)
+        stopped = self.stopped_by is not None and self.state is not None  # (None: before train)
         try:
             self.write()
-            if self.stopped_by is not None and self.rank == 0 and self.args.save_model:
+            if stopped and self.rank == 0 and self.args.save_model:
                 agent_file = {key: self.state[key] for key in AGENT_KEYS}
                 write_atomically(f"{self.run_dir}/agent.pt", lambda f: torch.save(agent_file, f))
         finally:
             self.restore_signal_handlers()
         if self.all_stopped:
             leave_process_group()
-        if self.stopped_by is not None:
+        if stopped:
             self.print_resume_command()
 
     def restore_signal_handlers(self) -> None:
@@ -881,12 +882,13 @@ class LongRun:
     def print_resume_command(self) -> None:
         """How to resume the run; after its last iteration, how to evaluate it."""
         iteration, confirmation = self.state["iteration"], env_confirmation(self.args.env_id)
+        run_dir = shlex.quote(self.run_dir)  # (a path with spaces, pasted into a shell)
         stopped = f"stopped by {signal.Signals(self.stopped_by).name} after iteration {iteration}"
         if iteration < iterations_of(self.args):
-            command = f"resume with: {self.launcher} {sys.argv[0]} --resume {self.run_dir}"
+            command = f"resume with: {self.launcher} {sys.argv[0]} --resume {run_dir}"
         else:
             command = f"training is complete; evaluate with: python {sys.argv[0]} --eval-only"
-            command += f" {self.run_dir}"
+            command += f" {run_dir}"
         print(f"{stopped}; {command}{confirmation}")
 
 
@@ -913,11 +915,10 @@ def training_failure(error: Exception, run_dir: str) -> str:
 
 
 def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Hooks on the parameters: once backward() has completed every gradient, one all_reduce (an
-    all_reduce per parameter took 9x as long here) makes each the mean over the ranks, and all
-    take the same optimizer step. Each rank's loss is the mean over its part of the minibatch,
-    its advantages normalized by that part's statistics (§8.6, as in CleanRL's multi-GPU PPO).
-    As with DDP, every parameter needs a gradient: a step without one's is an error."""
+    """Once backward() has completed every gradient, one all_reduce (9x faster than one per
+    parameter) makes each the mean over the ranks: all take the same step. A rank's loss is the
+    mean over its part of the minibatch, its advantages normalized by that part's statistics
+    (§8.6, as in CleanRL's multi-GPU PPO). As with DDP, a parameter without gradient is an error."""
     params = [param for param in model.parameters() if param.requires_grad]
     done = []  # the parameters whose gradient this backward() has completed
 

@@ -436,6 +436,10 @@ def write_bad_files(directory, script: str, run_dir) -> dict:
             {**checkpoint, "args": {**checkpoint["args"], "num_envs": "2"}},
             "its saved num_envs '2' is not a <class 'int'>",
         ),
+        "a NaN argument": (  # (not "cannot be set": NaN is not NaN)
+            {**checkpoint, "args": {**checkpoint["args"], "learning_rate": float("nan")}},
+            "--learning-rate must be a finite number, got nan",
+        ),
         "the other script's": ({**checkpoint, "script": other_script}, not_ours),
         "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "optimizer, iteration, global_step"),
         "other spaces": ({**checkpoint, "spaces": ["Box(3,)", "Box(9,)"]}, "is for spaces"),
@@ -713,3 +717,34 @@ def test_flags_of_any_type_tyro_takes_round_trip_through_resume_and_eval_only(tm
     assert load(run_dir / "checkpoint.pt")["args"]["hidden_sizes"] == (32, 16)
     stdout = run_to_success(tmp_path, copy, "--eval-only", str(run_dir / "agent.pt"))
     assert "eval: mean return" in stdout
+
+
+def test_two_signals_before_training_begins_end_the_run_cleanly(tmp_path):
+    """Before the first iteration there is nothing to resume: two Ctrl-C exit 130, no traceback."""
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--save-model"]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags)
+    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")):
+        time.sleep(0.01)  # (the run's writer is made just before training's setup, ...)
+    time.sleep(0.2)  # (... in which creating the optimizer imports torch._dynamo, a second or two)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    ended_by(process, signal.SIGINT)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "traceback.txt").exists()
+
+
+def test_eval_only_of_a_linked_agent_leaves_the_link(saved_runs, tmp_path):
+    """Evaluating writes no agent.pt, so a link named agent.pt is the user's, not a planted one."""
+    (tmp_path / "agent.pt").symlink_to(saved_runs["ppo_discrete.py"] / "agent.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path / "work", "ppo_discrete.py", "--eval-only", str(tmp_path / "agent.pt"))
+    assert exit_info.value.code == 0 and (tmp_path / "agent.pt").is_symlink()
+
+
+def test_printed_commands_quote_paths_for_the_shell(saved_runs, tmp_path, capsys):
+    run_dir = tmp_path / "my runs"
+    run_dir.mkdir()
+    torch.save(load(saved_runs["ppo_discrete.py"] / "checkpoint.pt"), run_dir / "checkpoint.pt")
+    with pytest.raises(SystemExit):
+        run_in(tmp_path / "work", "ppo_discrete.py", "--resume", str(run_dir))
+    assert f"evaluate it with --eval-only '{run_dir}'" in capsys.readouterr().out
