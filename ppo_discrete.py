@@ -607,8 +607,10 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
             check_type(value, types[name])
         except TypeCheckError:
             raise ValueError(f"its saved {name} {value!r} is not a {types[name]}") from None
-    saved = replace(RunArgs(**saved_args), resume=args.resume, eval_only=args.eval_only)
-    saved = replace(saved, **{"eval_only" if resume else "resume": None})  # (its own path only)
+    # (its mode's own path: a resumed run saved its --resume path too)
+    saved = replace(
+        RunArgs(**saved_args), resume=args.resume, eval_only=None if resume else args.eval_only
+    )
     typed = tyro.cli(RunArgs, default=saved)  # the command line over the saved arguments
     changed = [name for name in types if repr(getattr(typed, name)) != repr(getattr(saved, name))]
     if ignored := [name for name in changed if name not in own_flags]:
@@ -757,7 +759,8 @@ class NoLog:
 
 
 class FiniteCheck(gym.vector.VectorWrapper):
-    """The envs: a NaN or infinite observation (final ones too) or reward raises, unused."""
+    """The envs, checked: a NaN or infinite observation (final ones too) or reward raises
+    FloatingPointError before training uses it."""
 
     def step(self, actions: np.ndarray) -> tuple:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
