@@ -251,12 +251,10 @@ def train(
     # §7.2 rollout storage, (num_steps, num_envs, ...): numpy, like the envs' data (cheap per row)
     obs = np.zeros((args.num_steps, num_envs) + observation_space.shape, dtype=np.float32)
     actions = np.zeros((args.num_steps, num_envs) + action_space.shape, dtype=np.float32)
-    logprobs = np.zeros((args.num_steps, num_envs), dtype=np.float32)
-    rewards = np.zeros((args.num_steps, num_envs), dtype=np.float32)
-    terminations = np.zeros((args.num_steps, num_envs), dtype=np.float32)
-    truncations = np.zeros((args.num_steps, num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, num_envs), dtype=np.float32)
-    final_values = np.zeros((args.num_steps, num_envs), dtype=np.float32)  # §7.4 V(final_obs)
+    # (num_steps, num_envs) each; final_values: §7.4 V(final_obs) where an episode was truncated
+    logprobs, rewards, terminations, truncations, values, final_values = (
+        np.zeros((args.num_steps, num_envs), dtype=np.float32) for _ in range(6)
+    )
 
     start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
@@ -416,6 +414,8 @@ def evaluate(
     With a path `gif`, the first episode is written there."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames need no window (nor SDL's error)
     env = gym.make(args.env_id, render_mode="rgb_array") if gif else gym.make(args.env_id)
+    if env.spec.max_episode_steps is None:  # no time limit: its episodes end at 10,000 steps
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
     episodic_returns, frames = [], []
     for episode in range(args.eval_episodes):
         # The first episode is seeded; the later ones continue its RNG.
@@ -433,7 +433,7 @@ def evaluate(
             episode_over = terminated or truncated
         episodic_returns.append(episodic_return)
     if gif:
-        frame_ms = 1000 / env.metadata.get("render_fps", 30)
+        frame_ms = 1000 / (env.metadata.get("render_fps") or 30)  # (an env may give none, or 0)
         frames[0].save(gif, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
         print(f"gif saved to {gif}")
     env.close()
@@ -448,25 +448,34 @@ def evaluate(
 
 import contextlib
 import copy
-import itertools
+import importlib.util
 import pickle
 import shlex
 import signal
 import sys
 import traceback
 from dataclasses import fields, replace
-from typing import BinaryIO
+from typing import IO
 
 import torch.distributed as dist
 from typeguard import TypeCheckError, check_type
+
+try:  # the run directory's lock: fcntl's on POSIX, msvcrt's on Windows
+    import fcntl
+except ImportError:
+    fcntl = None
+    import msvcrt
 
 SCRIPT = os.path.basename(__file__)
 # agent.pt (written by train) holds what evaluation needs; checkpoint.pt adds the rest of training.
 AGENT_KEYS = ("args", "model", "obs_rms")
 CHECKPOINT_KEYS = (*AGENT_KEYS, "script", "spaces", "optimizer", "iteration", "global_step", "rng")
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a cluster's or `kill`'s request
+# Ctrl-C, a cluster's or kill's request, a closed terminal (POSIX); one ignored (nohup) stays so
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
+STOP_SIGNALS = [s for s in STOP_SIGNALS if s and signal.getsignal(s) is not signal.SIG_IGN]
+CHECKPOINT_SECONDS = 60  # checkpoint.pt is at most about this old, whatever --checkpoint-every
 # The flags --resume and --eval-only take from the command line (--env-id only to confirm it)
-RESUME_FLAGS = ("resume", "total_timesteps", "env_id")
+RESUME_FLAGS = ("resume", "total_timesteps", "track", "env_id")
 EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda", "env_id")
 
 
@@ -475,9 +484,12 @@ class RunArgs(Args):
     """Proximal Policy Optimization: PPO's flags (Part 1), then those of long runs (Part 2)."""
 
     eval_every: int = 0  # also evaluate every N iterations of training (0: after it only)
-    checkpoint_every: int = 0  # write checkpoint.pt every N iterations (always at the end)
+    checkpoint_every: int = 0  # also write checkpoint.pt every N iterations (README: Long runs)
     resume: str | None = None  # a run directory (or its checkpoint.pt): continue that run
     eval_only: str | None = None  # an agent.pt or checkpoint.pt (or its run directory): evaluate it
+    track: bool = False  # sync the run to Weights & Biases (CleanRL's --track; pip install wandb)
+    wandb_project_name: str = "ppo"  # the W&B project of --track
+    wandb_entity: str | None = None  # the W&B team or user of --track (None: your default entity)
 
 
 def main() -> dict:
@@ -486,7 +498,6 @@ def main() -> dict:
         signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
     args = tyro.cli(RunArgs)
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches a pipe or a log file at once
-    # torchrun starts WORLD_SIZE processes and tells each its RANK; plain python is rank 0 of 1.
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     saved_path, saved = args.resume if args.resume is not None else args.eval_only, None
     if saved_path is not None:  # a saved run, whose arguments replace the command line's
@@ -502,44 +513,56 @@ def main() -> dict:
     saved_dir = os.path.dirname(saved_path or "") or "."  # the saved run's directory
     if args.resume is not None:
         exit_if_resume_would_not_train(args, saved, saved_path)
-    # --vector-mode async's workers inherit the stop signals blocked: a terminal's Ctrl-C to the
-    # whole job does not end them mid-step (this process stops them)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # async workers inherit the stop signals blocked (POSIX): Ctrl-C does not end them mid-step
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
     except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)
         sys.exit(f"error: cannot make env {args.env_id!r}: {one_line(e)}")
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if (error := env_error(args, envs, saved)) is not None:
         sys.exit(f"error: {error}")
     if args.cuda and torch.cuda.device_count() > 0:  # train()'s "cuda": this process's own GPU
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if args.eval_only is not None:  # train() with the saved agent and no iteration left: it
-        # evaluates as the run did after training (a GIF goes beside the saved file)
+    if args.eval_only is not None:  # train() with the saved agent, no iteration left
 
         def load_saved_agent(trained: dict) -> tuple[int, int]:
             load_states(saved, {"model": trained["model"], "obs_rms": trained["obs_rms"]})
             return iterations_of(args), 0
 
         args = replace(args, save_model=False)
-        remove_planted_links(saved_dir, args)
+        if args.capture_gif:  # (it writes into the saved run's directory, if no run does)
+            claim_run_dir(saved_dir, args).close()
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
         try:
             train(args, envs, NoLog(saved_dir), load_saved_agent)
         except Exception as e:  # noqa: BLE001 (the env's code, the disk)
             sys.exit(f"error: evaluation failed: {one_line(e)}")
         sys.exit(0)
+    # A resumed run continues in its directory; rank 0 makes a new one's. Rank 0 claims it before
+    # torchrun's processes meet: a refusal ends them all.
+    run_dir = saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None
+    lock = claim_run_dir(run_dir, args) if rank == 0 else None
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
         dist.init_process_group("cpu:gloo,cuda:nccl" if args.cuda else "gloo")
         if rank > 0:  # rank 0 speaks for the run (errors still reach stderr)
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-    # A resumed run continues in its directory; rank 0 makes a new one's (and sends its name).
-    run_dir = [saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None]
-    if world_size > 1:
-        dist.broadcast_object_list(run_dir, src=0)
-    run_dir = run_dir[0]
-    remove_planted_links(run_dir, args)
+        run_dir = [run_dir]
+        dist.broadcast_object_list(run_dir, src=0)  # (rank 0's)
+        run_dir = run_dir[0]
+    if args.track and rank == 0:  # CleanRL's --track, before LongRun's writer: W&B syncs its
+        import wandb  # scalars (imported here: only --track pays for it)
+
+        name = os.path.basename(os.path.abspath(run_dir))  # (the id a resume continues)
+        who = {"project": args.wandb_project_name, "entity": args.wandb_entity}
+        what = {"config": asdict(args), "sync_tensorboard": True, "save_code": True}
+        try:
+            wandb.init(**who, name=name, id=name, resume="allow", **what)
+        except Exception as e:  # noqa: BLE001 (no login, no network: wandb's own errors)
+            sys.exit(f"error: --track: {one_line(e)}")
     long_run = LongRun(args, envs, run_dir, saved)
     if rank > 0:  # envs r * n + j (n = num_envs / K), seeded as one process seeds them; the seed
         # shift also gives rank r its own action noise and minibatch order. Rank 0 alone saves.
@@ -548,10 +571,20 @@ def main() -> dict:
     try:
         with long_run:
             train(args, FiniteCheck(envs), long_run.writer, long_run.start, long_run.end_iteration)
-    except Exception as e:  # noqa: BLE001 (the env's code, the disk, memory: see training_failure)
-        sys.exit(f"error: {training_failure(e, run_dir)}")
-    finally:  # however training ended: --vector-mode async's worker processes end with it
-        envs.close()
+        if args.track and args.capture_gif:  # (rank 0's GIF: the others capture none)
+            wandb.log({"eval/episode": wandb.Video(f"{run_dir}/episode.gif")})
+    except (Exception, KeyboardInterrupt, SystemExit) as e:  # (the env's code, the disk, memory)
+        if isinstance(e, SystemExit) and (long_run.stopped_by or isinstance(e.code, str)):
+            raise  # this script's own ending: a stop (exit 128 + signal), or an error line
+        sys.exit(f"error: {run_failure(e, long_run)}")
+    finally:  # however the run ended, the async workers end with it; a dead one's broken pipe
+        with contextlib.suppress(Exception):  # would bury the error line, which stays last
+            envs.close()
+        envs.closed = True  # (gymnasium's __del__ would retry a failed close)
+        if args.track and rank == 0:
+            wandb.finish()  # (its closing lines come before the error line)
+        if lock is not None:  # (for a caller in the same process: the end of the run frees it)
+            lock.close()
     return long_run.state
 
 
@@ -560,31 +593,28 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
     gpus, local_size = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if args.cuda and 0 < gpus < local_size:  # torchrun's processes on this machine, a GPU each
         return f"--cuda gives each process a GPU: start at most {gpus} here, not {local_size}"
-    for name, value in asdict(args).items():
+    sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
+    positive = (*sizes, "learning_rate", "clip_coef", "max_grad_norm", "target_kl")
+    non_negative = ("ent_coef", "vf_coef", "eval_episodes", "eval_every", "checkpoint_every")
+    for name, value in asdict(args).items():  # (target_kl: None, or positive)
         if isinstance(value, float) and not np.isfinite(value):
             return f"--{name.replace('_', '-')} must be a finite number, got {value}"
-    sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    for name in (*sizes, "learning_rate", "clip_coef", "max_grad_norm"):
-        if (value := getattr(args, name)) <= 0:
+        if name in positive and value is not None and value <= 0:
             return f"--{name.replace('_', '-')} must be positive, got {value}"
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= (value := getattr(args, name)) <= 1:
+        if name in ("gamma", "gae_lambda") and not 0 <= value <= 1:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
-    if args.target_kl is not None and args.target_kl <= 0:
-        return f"--target-kl must be positive, got {args.target_kl}"
-    for name in ("ent_coef", "vf_coef", "eval_episodes", "eval_every", "checkpoint_every"):
-        if (value := getattr(args, name)) < 0:
+        if name in non_negative and value < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
     if not 0 <= args.seed < 2**31:  # (with room for the envs' seeds, seed + index + step)
         return f"--seed must be in [0, 2**31), got {args.seed}"
+    if args.track and not args.eval_only and importlib.util.find_spec("wandb") is None:
+        return "--track needs wandb, which is not installed: pip install wandb"
     if (args.capture_gif or args.eval_every or args.eval_only) and not args.eval_episodes:
         return "--capture-gif, --eval-every and --eval-only need --eval-episodes >= 1"
     if args.num_envs % world_size != 0:
         return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
-    if world_size > 1 and args.eval_only is not None:
-        return "--eval-only runs in one process: start it with python, not torchrun"
-    if world_size > 1 and args.target_kl is not None:  # (the ranks would part at a minibatch)
-        return "--target-kl stops an update on one process's KL: it cannot run under torchrun"
+    if world_size > 1 and (args.eval_only, args.target_kl) != (None, None):  # (KL: ranks part)
+        return "--eval-only and --target-kl run in one process: use python, not torchrun"
     share = "" if world_size == 1 else f" / {world_size} processes"  # each splits its share
     batch = args.num_envs // world_size * args.num_steps  # (this process's)
     if batch % (n := args.num_minibatches) != 0:
@@ -602,6 +632,8 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
     obs_space = envs.single_observation_space
     if args.capture_gif and "rgb_array" not in envs.metadata.get("render_modes", []):
         return f"--capture-gif: {env_id} cannot render frames (it has no rgb_array render mode)"
+    if args.capture_gif and not ((fps := envs.metadata.get("render_fps")) is None or fps > 0):
+        return f"--capture-gif: {env_id} has render_fps {fps}, not a frame rate (None: 30)"
     if not isinstance(action_space, gym.spaces.Box):
         return f"{SCRIPT} takes Box actions; {env_id} has {action_space} (use ppo_discrete.py)"
     if len(action_space.shape) != 1 or not np.issubdtype(action_space.dtype, np.floating):
@@ -615,10 +647,8 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
 
 
 def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
-    """The saved run's arguments, with those of the flags typed on the command line that its mode
-    takes (RESUME_FLAGS, EVAL_ONLY_FLAGS). Raises ValueError if a typed flag would change another
-    (it would be ignored), if a saved argument is no flag of this script or not of its type (as
-    tyro checks typed ones), or if the saved env id imports a module the command line omits."""
+    """The saved run's arguments and the typed flags its mode takes; ValueError for a typed flag
+    that would change another, a saved argument not of its flag's type, an unconfirmed module."""
     resume = args.resume is not None
     own_flags, mode = (RESUME_FLAGS, "--resume") if resume else (EVAL_ONLY_FLAGS, "--eval-only")
     types = {field.name: field.type for field in fields(RunArgs)}
@@ -629,10 +659,8 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
             check_type(value, types[name])
         except TypeCheckError:
             raise ValueError(f"its saved {name} {value!r} is not a {types[name]}") from None
-    # (its mode's own path: a resumed run saved its --resume path too)
-    saved = replace(
-        RunArgs(**saved_args), resume=args.resume, eval_only=None if resume else args.eval_only
-    )
+    saved = RunArgs(**saved_args)  # (with its mode's path: a resumed run saved its --resume too)
+    saved = replace(saved, resume=args.resume, eval_only=None if resume else args.eval_only)
     typed = tyro.cli(RunArgs, default=saved)  # the command line over the saved arguments
     changed = [name for name in types if repr(getattr(typed, name)) != repr(getattr(saved, name))]
     if ignored := [name for name in changed if name not in own_flags]:
@@ -649,43 +677,38 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
     return typed
 
 
-def env_confirmation(env_id: str) -> str:
-    """What --resume and --eval-only need on the command line to make a saved `module:EnvId`."""
-    return f" --env-id {shlex.quote(env_id)}" if ":" in env_id else ""
-
-
 def exit_if_resume_would_not_train(args: RunArgs, saved: dict, path: str) -> None:
-    """--resume takes only a run's checkpoint.pt (resuming a copy would overwrite it); a run that
-    has trained all its iterations says so and exits, and a budget below them is an error."""
-    if os.path.basename(path) != "checkpoint.pt":
-        sys.exit(
-            f"error: --resume takes a run directory or its checkpoint.pt: to continue from {path}, "
-            "copy it into a directory of its own as checkpoint.pt"
-        )
-    iteration, global_step = saved["iteration"], saved["global_step"]
-    if iteration > iterations_of(args):
-        sys.exit(
-            f"error: --total-timesteps {args.total_timesteps} is below the {global_step} "
-            "steps the run has trained"
-        )
-    if iteration == iterations_of(args):
-        run_dir, confirm = shlex.quote(os.path.dirname(path) or "."), env_confirmation(args.env_id)
-        print(
-            f"{run_dir} is complete ({iteration} iterations, {global_step} steps): evaluate it "
-            f"with --eval-only {run_dir}{confirm}, or train it longer with --resume {run_dir}"
-            f"{confirm} --total-timesteps N (N >= {global_step + args.num_envs * args.num_steps})"
-        )
-        sys.exit(0)
+    """--resume takes a run's checkpoint.pt (a copy's run would overwrite it) with iterations left."""
+    if os.path.basename(path) != "checkpoint.pt":  # (the README says how to resume a copy)
+        sys.exit(f"error: --resume takes a run directory or its checkpoint.pt, not {path}")
+    iteration, steps = saved["iteration"], saved["global_step"]
+    if iteration >= iterations_of(args):  # (complete, or trained beyond the budget)
+        run_dir = os.path.dirname(path) or "."
+        more = f"--total-timesteps {steps + args.num_envs * args.num_steps} or more"
+        done = f"{run_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
+        if iteration > iterations_of(args):
+            sys.exit(f"error: {done}: resume with {more}")
+        print(f"{done}: {next_command(args, run_dir, iteration)}, or resume with {more}")
+        sys.exit(0)  # (nothing to train: a job that resubmits itself until done ends here)
+
+
+def next_command(args: RunArgs, run_dir: str, iteration: int) -> str:
+    """What resumes a run stopped after `iteration`, or evaluates it once complete (README)."""
+    confirm = f" --env-id {shlex.quote(args.env_id)}" if ":" in args.env_id else ""
+    run_dir = shlex.quote(run_dir) + confirm  # (quoted: a path with spaces, pasted into a shell)
+    if iteration < iterations_of(args):
+        torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        launcher = "torchrun [its flags as before]" if torchrun else "python"
+        return f"resume with: {launcher} {sys.argv[0]} --resume {run_dir}"
+    return f"training is complete; evaluate with: python {sys.argv[0]} --eval-only {run_dir}"
 
 
 def new_run_dir(args: RunArgs) -> str:
-    """Makes runs/{env_id}__{exp_name}__{seed}__{unix time} and returns it: a directory no other
-    run has, since it is made here (exclusively; a name taken gets _2, _3, ...). Characters other
-    than letters, digits, . _ - become _, and the name is cut to 200: it stays inside runs/."""
+    """Makes runs/{env_id}__{exp_name}__{seed}__{time} (taken: _2, ...), a safe name inside runs/."""
     name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:200]
     try:
-        for number in itertools.count(1):
+        for number in range(1, sys.maxsize):
             run_dir = f"runs/{name}" if number == 1 else f"runs/{name}_{number}"
             with contextlib.suppress(FileExistsError):
                 os.makedirs(run_dir)  # (made here, or FileExistsError)
@@ -694,12 +717,21 @@ def new_run_dir(args: RunArgs) -> str:
         sys.exit(f"error: cannot make the run directory in {os.getcwd()}: {e.strerror}")
 
 
-def remove_planted_links(run_dir: str, args: RunArgs) -> None:
-    """train() writes agent.pt (--save-model) and episode.gif (--capture-gif) with open(), which
-    would write through a link planted at either name: such a link is removed first."""
+def claim_run_dir(run_dir: str, args: RunArgs) -> IO:
+    """One process writes into a run directory: it holds run_dir/lock, returned, until it closes
+    it or ends (however it ends); another exits with one line. Planted links are removed."""
+    lock = open(f"{run_dir}/lock", "a")  # noqa: SIM115 (open for the life of the process)
+    try:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        sys.exit(f"error: {run_dir} is in use: another process holds its lock (it trains the run)")
     for name, written in (("agent.pt", args.save_model), ("episode.gif", args.capture_gif)):
         if written and os.path.islink(path := f"{run_dir}/{name}"):
             os.remove(path)
+    return lock
 
 
 def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
@@ -707,11 +739,10 @@ def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
     not_ours = f"{path} is not a checkpoint written by {SCRIPT}"
     try:
         with open(path, "rb") as f:
-            magic = f.read(4)
+            if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive: else, not ours
+                raise ValueError(not_ours)
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    if magic != b"PK\x03\x04":  # torch.save writes a zip archive: anything else is not ours
-        raise ValueError(not_ours)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -754,9 +785,8 @@ def load_states(saved: dict, objects: dict) -> None:
             sys.exit(f"error: the saved {name} does not fit this script's network: {reason}")
 
 
-def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
-    """write(file) to a new temp file, fsync, rename over `path`: a crash or a full disk leaves
-    the old file or the new one, never half; a link planted at either name is replaced."""
+def write_atomically(path: str, write: Callable[..., object]) -> None:
+    """write(file) to a new temp file, then rename it over `path`: the old file or the new one."""
     temp = f"{path}.tmp"
     try:
         if os.path.lexists(temp):  # a failed write's, or a planted link
@@ -771,18 +801,16 @@ def write_atomically(path: str, write: Callable[[BinaryIO], object]) -> None:
             os.remove(temp)
 
 
+@dataclass
 class NoLog:
     """The writer of torchrun's ranks but 0 and of --eval-only: log_dir takes train()'s files."""
 
-    def __init__(self, log_dir: str) -> None:
-        self.log_dir = log_dir
-
+    log_dir: str
     add_scalar = add_text = flush = close = staticmethod(lambda *args: None)  # log nothing
 
 
 class FiniteCheck(gym.vector.VectorWrapper):
-    """The envs, checked: a NaN or infinite observation (final ones too) or reward raises
-    FloatingPointError before training uses it."""
+    """A NaN or infinite observation (final ones too) or reward raises before training uses it."""
 
     def step(self, actions: np.ndarray) -> tuple:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
@@ -796,24 +824,21 @@ class FiniteCheck(gym.vector.VectorWrapper):
 
 
 class LongRun:
-    """A run's iteration boundaries, in one process or torchrun's K (rank 0 logs and writes).
-    `state`, the last one (what training changes, and the random generators), goes to
-    checkpoint.pt every checkpoint_every iterations, after the last and on leaving `with`, however
-    training ends. In `with`, Ctrl-C or SIGTERM stop at the next boundary, a second one at once."""
+    """A run's iteration boundaries, in one process or torchrun's K (rank 0 logs and writes):
+    `state`, the last one, goes to checkpoint.pt however the run ends. In `with`, a signal stops
+    training at the next boundary; a second, or one in an evaluation or after the last, at once."""
 
     def __init__(self, args: RunArgs, envs: gym.vector.VectorEnv, run_dir: str, saved: dict | None):
         self.args, self.run_dir, self.saved = args, run_dir, saved
         spaces = [str(envs.single_observation_space), str(envs.single_action_space)]
         self.run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces}
         self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.launcher = "torchrun [its flags as before]" if dist.is_initialized() else "python"
         self.signal = self.stopped_by = None  # this rank's first signal; any rank's
-        self.all_stopped = False  # whether all ranks stopped at one boundary
-        self.state = None  # the last boundary's
+        self.together = self.at_once = False  # all ranks end at one boundary; a signal: at once
+        self.state, self.written_at = None, time.monotonic()  # the last boundary's; when saved
         # (a resumed run purges what the stopped process logged after its checkpoint)
         purge_step = None if saved is None else saved["global_step"] + 1
-        self.writer = SummaryWriter(run_dir, purge_step=purge_step) if self.rank == 0 else None
-        self.writer = self.writer or NoLog(run_dir)
+        self.writer = NoLog(run_dir) if self.rank else SummaryWriter(run_dir, purge_step=purge_step)
 
     def start(self, trained: dict) -> tuple[int, int]:
         """on_start: loads --resume's checkpoint; under torchrun, the ranks become one agent."""
@@ -841,38 +866,36 @@ class LongRun:
         """The run (script, args, spaces), a copy of what training changes, and the generator."""
         state = {**self.run, "iteration": iteration, "global_step": global_step}
         for name, obj in self.trained.items():
-            if isinstance(obj, RunningMeanStd | None):
-                state[name] = statistics_state(obj)
-            else:
-                state[name] = copy.deepcopy(obj.state_dict())
+            is_rms = isinstance(obj, RunningMeanStd | None)
+            state[name] = statistics_state(obj) if is_rms else copy.deepcopy(obj.state_dict())
         state["rng"] = torch.get_rng_state()  # (train() draws from torch's generator only)
         return state
 
     def end_iteration(self, iteration: int, global_step: int) -> None:
-        """on_iteration_end: the ranks' §8.5 statistics merged, the state kept, the evaluation
-        every eval_every, a stop if any rank had a signal; after the last one, the ranks part."""
+        """on_iteration_end: statistics merged, state kept (and written), stop, evaluation."""
         sync_statistics_over_ranks(self.state, self.trained["obs_rms"], self.trained["return_rms"])
         self.state = self.training_state(iteration, global_step)
-        last = iteration == iterations_of(self.args)
-        if last or (self.args.checkpoint_every and iteration % self.args.checkpoint_every == 0):
+        last, every = iteration == iterations_of(self.args), self.args.checkpoint_every
+        overdue = time.monotonic() > self.written_at + CHECKPOINT_SECONDS
+        if last or overdue or (every and iteration % every == 0):
             self.write()
-        every, model, obs_rms = self.args.eval_every, self.trained["model"], self.trained["obs_rms"]
-        if self.rank == 0 and every and iteration % every == 0 and not last:  # (train() does last)
-            returns = evaluate(model, self.args, next(model.parameters()).device, obs_rms, None)
-            self.writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
         stopped_by = torch.tensor(self.signal or 0)  # any rank's: one stopping alone would hang
         if dist.is_initialized():
             dist.all_reduce(stopped_by, op=dist.ReduceOp.MAX)
         if stopped_by:
-            self.stopped_by, self.all_stopped = int(stopped_by), True
+            self.stopped_by, self.together = int(stopped_by), True
             sys.exit(128 + self.stopped_by)
-        if last:
-            self.restore_signal_handlers()
-            leave_process_group()
+        every, model, obs_rms = self.args.eval_every, self.trained["model"], self.trained["obs_rms"]
+        if self.rank == 0 and every and iteration % every == 0 and not last:  # (train() does last)
+            self.at_once = True
+            returns = evaluate(model, self.args, next(model.parameters()).device, obs_rms, None)
+            self.writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
+        self.at_once = self.together = last  # (after the last: train()'s evaluation)
 
     def write(self) -> None:
         if self.rank == 0 and self.state is not None:
             write_atomically(f"{self.run_dir}/checkpoint.pt", lambda f: torch.save(self.state, f))
+            self.written_at = time.monotonic()
 
     def __enter__(self) -> None:
         self.handlers = {s: signal.signal(s, self.request_stop) for s in STOP_SIGNALS}
@@ -887,34 +910,22 @@ class LongRun:
                 agent_file = {key: self.state[key] for key in AGENT_KEYS}
                 write_atomically(f"{self.run_dir}/agent.pt", lambda f: torch.save(agent_file, f))
         finally:
-            self.restore_signal_handlers()
-        if self.all_stopped:
-            leave_process_group()
+            for signum, handler in self.handlers.items():
+                signal.signal(signum, handler)
+        if self.together and dist.is_initialized():  # (a barrier first: a rank that left
+            dist.barrier()  # early could abort in teardown)
+            dist.destroy_process_group()
         if stopped:
-            self.print_resume_command()
-
-    def restore_signal_handlers(self) -> None:
-        for signum, handler in self.handlers.items():
-            signal.signal(signum, handler)
+            iteration, name = self.state["iteration"], signal.Signals(self.stopped_by).name
+            command = next_command(self.args, self.run_dir, iteration)
+            print(f"stopped by {name} after iteration {iteration}; {command}")
 
     def request_stop(self, signum: int, frame: object) -> None:
-        """In training: a first signal stops it at the next boundary, a second one at once."""
-        if self.signal is not None:
+        """A first signal in training stops it at the next boundary; a second one, at once."""
+        if self.signal is not None or self.at_once:
             self.stopped_by = signum
             sys.exit(128 + signum)
         self.signal = signum
-
-    def print_resume_command(self) -> None:
-        """How to resume the run; after its last iteration, how to evaluate it."""
-        iteration, confirmation = self.state["iteration"], env_confirmation(self.args.env_id)
-        run_dir = shlex.quote(self.run_dir)  # (a path with spaces, pasted into a shell)
-        stopped = f"stopped by {signal.Signals(self.stopped_by).name} after iteration {iteration}"
-        if iteration < iterations_of(self.args):
-            command = f"resume with: {self.launcher} {sys.argv[0]} --resume {run_dir}"
-        else:
-            command = f"training is complete; evaluate with: python {sys.argv[0]} --eval-only"
-            command += f" {run_dir}"
-        print(f"{stopped}; {command}{confirmation}")
 
 
 def one_line(error: Exception) -> str:
@@ -923,15 +934,18 @@ def one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def training_failure(error: Exception, run_dir: str) -> str:
-    """The line for an error that ended training; its traceback goes to run_dir/traceback.txt."""
-    line = f"training failed: {one_line(error)}"
+def run_failure(error: BaseException, long_run: LongRun) -> str:
+    """The line for an error that ended a run: what failed, its traceback's file, what next."""
+    run_dir, state, rank = long_run.run_dir, long_run.state, long_run.rank
+    complete = state is not None and state["iteration"] == iterations_of(long_run.args)
+    line = f"{'failed after training' if complete else 'training failed'}: {one_line(error)}"
+    name = "traceback.txt" if os.environ.get("WORLD_SIZE", "1") == "1" else f"traceback_{rank}.txt"
     text = "".join(traceback.format_exception(error)).encode()
     with contextlib.suppress(OSError):  # (a disk that takes no file: the line alone)
-        write_atomically(f"{run_dir}/traceback.txt", lambda f: f.write(text))
-        line += f" (traceback in {run_dir}/traceback.txt)"
-    if os.path.exists(f"{run_dir}/checkpoint.pt"):
-        line += f"; the last good state is in {run_dir}/checkpoint.pt"
+        write_atomically(f"{run_dir}/{name}", lambda f: f.write(text))
+        line += f" (traceback in {run_dir}/{name})"
+    if state is not None and os.path.exists(f"{run_dir}/checkpoint.pt"):
+        line += f"; {next_command(long_run.args, run_dir, state['iteration'])}"
     return line
 
 
@@ -940,10 +954,8 @@ def training_failure(error: Exception, run_dir: str) -> str:
 
 
 def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Once backward() has completed every gradient, one all_reduce (9x faster than one per
-    parameter) makes each the mean over the ranks: all take the same step. A rank's loss is the
-    mean over its part of the minibatch, its advantages normalized by that part's statistics
-    (§8.6, as in CleanRL's multi-GPU PPO). As with DDP, a parameter without gradient is an error."""
+    """After backward(), one all_reduce (9x faster than one per parameter) averages the gradients
+    over the ranks; a parameter without gradient is an error (as in DDP)."""
     params = [param for param in model.parameters() if param.requires_grad]
     done = []  # the parameters whose gradient this backward() has completed
 
@@ -952,10 +964,9 @@ def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimi
         if len(done) == len(params):
             done.clear()
             grads = [param.grad for param in params]
-            mean = torch.cat([grad.flatten() for grad in grads]) / dist.get_world_size()
-            dist.all_reduce(mean)  # (num_params,) the sum of the ranks' shares: the mean
-            for grad, part in zip(grads, mean.split([grad.numel() for grad in grads])):
-                grad.copy_(part.view_as(grad))
+            mean = nn.utils.parameters_to_vector(grads) / dist.get_world_size()  # (num_params,)
+            dist.all_reduce(mean)  # the sum of the ranks' shares: the mean
+            nn.utils.vector_to_parameters(mean, grads)  # each gradient takes its part
 
     def all_averaged(*hook_args: object) -> None:  # the optimizer's hook before each step
         if done:  # (the hook of a parameter without a gradient did not run)
@@ -969,30 +980,20 @@ def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimi
 def sync_statistics_over_ranks(
     boundary: dict, obs_rms: RunningMeanStd | None, return_rms: RunningMeanStd | None
 ) -> None:
-    """Each rank's additions to the statistics since the `boundary` state (the merge undone),
-    gathered and merged into those, as if one process had stepped all the envs."""
+    """All ranks' data's statistics: the boundary's sums (count, Σx, Σx²) plus each rank's since."""
+
+    def sums(mean: np.ndarray, var: np.ndarray, count: float) -> np.ndarray:
+        return count * np.stack([np.ones_like(mean), mean, var + mean**2])  # (3, *shape)
+
     for rms, agreed in ((obs_rms, boundary["obs_rms"]), (return_rms, boundary["return_rms"])):
         if rms is None or not dist.is_initialized():
             continue
-        agreed_mean, agreed_var = agreed["mean"].numpy(), agreed["var"].numpy()
-        agreed_count = float(agreed["count"])
-        count = rms.count - agreed_count
-        mean = (rms.count * rms.mean - agreed_count * agreed_mean) / count
-        m2 = rms.count * rms.var - agreed_count * agreed_var
-        m2 = m2 - (mean - agreed_mean) ** 2 * agreed_count * count / rms.count
-        moments = torch.from_numpy(np.stack([mean, m2 / count, np.full_like(mean, count)]))
-        parts = [torch.empty_like(moments) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, moments)  # (K, 3, *shape): each rank's mean, variance and count
-        rms.mean, rms.var, rms.count = agreed_mean, agreed_var, agreed_count
-        for mean, var, count in (part.numpy() for part in parts):
-            rms.update_from_moments(mean, var, count.flat[0])
-
-
-def leave_process_group() -> None:
-    """Under torchrun: without a barrier first, a rank that left early could abort in teardown."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        agreed_sums = sums(agreed["mean"].numpy(), agreed["var"].numpy(), float(agreed["count"]))
+        added = torch.from_numpy(sums(rms.mean, rms.var, rms.count) - agreed_sums)
+        dist.all_reduce(added)  # (3, *shape) the sums of all ranks' additions
+        count, total, squares = agreed_sums + added.numpy()
+        rms.mean, rms.count = total / count, float(count.flat[0])
+        rms.var = squares / count - rms.mean**2
 
 
 if __name__ == "__main__":

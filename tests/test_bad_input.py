@@ -124,7 +124,7 @@ def test_help_lists_the_documented_flags(tmp_path, script):
         # (each rank would stop its update at its own minibatch, and wait for the others forever)
         (
             ["--target-kl", "0.01"],
-            "--target-kl stops an update on one process's KL: it cannot run under torchrun",
+            "--eval-only and --target-kl run in one process: use python, not torchrun",
         ),
     ],
 )

@@ -279,8 +279,8 @@ def test_a_non_finite_observation_stops_the_run_before_an_update_uses_it(tmp_pat
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert exit_info.value.code == (
         "error: training failed: FloatingPointError: env 1 returned a non-finite observation or "
-        f"reward (traceback in runs/{run_dir.name}/traceback.txt); the last good state is in "
-        f"runs/{run_dir.name}/checkpoint.pt"
+        f"reward (traceback in runs/{run_dir.name}/traceback.txt); resume with: python "
+        f"{ROOT / script} --resume runs/{run_dir.name} --env-id {flags[1]}"
     )
     checkpoint = load(run_dir / "checkpoint.pt")
     assert checkpoint["iteration"] == 1
@@ -335,7 +335,8 @@ def test_an_env_that_raises_in_training_ends_it_with_one_line(tmp_path, script, 
     )
     assert "broken on purpose" in (run_dir / "traceback.txt").read_text()
     if fails_in == "step":  # at its 120th step: in iteration 3 (2 envs, 50 steps each)
-        assert stderr.endswith(f"; the last good state is in runs/{run_dir.name}/checkpoint.pt\n")
+        resume = f"; resume with: python {ROOT / script} --resume runs/{run_dir.name}"
+        assert stderr.endswith(f"{resume} --env-id {flags[1]}\n")
         assert load(run_dir / "checkpoint.pt")["iteration"] == 2
 
 
@@ -543,13 +544,19 @@ def test_a_complete_run_resumes_to_nothing_and_a_larger_budget_extends_it(tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *resume)
     assert exit_info.value.code == 0
-    assert f"{run_dir} is complete (2 iterations, {2 * BATCH} steps)" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(
+        f"{run_dir} has trained {2 * BATCH} steps, --total-timesteps {2 * BATCH}: training is "
+        f"complete; evaluate with: python {ROOT / script} --eval-only {run_dir} --env-id "
+        f"{resume[-1]}, "
+        f"or resume with --total-timesteps {3 * BATCH} or more"
+    )
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == files
 
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *resume, "--total-timesteps", str(BATCH))
     assert exit_info.value.code == (
-        f"error: --total-timesteps {BATCH} is below the {2 * BATCH} steps the run has trained"
+        f"error: {run_dir} has trained {2 * BATCH} steps, --total-timesteps {BATCH}: resume with "
+        f"--total-timesteps {3 * BATCH} or more"
     )
 
     run_in(tmp_path, script, *resume, "--total-timesteps", str(4 * BATCH))
@@ -601,8 +608,7 @@ def test_resume_never_replaces_a_checkpoint_with_a_copy(saved_runs, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir / "backup.pt"))
     assert exit_info.value.code == (
-        f"error: --resume takes a run directory or its checkpoint.pt: to continue from "
-        f"{run_dir}/backup.pt, copy it into a directory of its own as checkpoint.pt"
+        f"error: --resume takes a run directory or its checkpoint.pt, not {run_dir}/backup.pt"
     )
     assert load(run_dir / "checkpoint.pt")["global_step"] == 512
 
@@ -747,4 +753,5 @@ def test_printed_commands_quote_paths_for_the_shell(saved_runs, tmp_path, capsys
     torch.save(load(saved_runs["ppo_discrete.py"] / "checkpoint.pt"), run_dir / "checkpoint.pt")
     with pytest.raises(SystemExit):
         run_in(tmp_path / "work", "ppo_discrete.py", "--resume", str(run_dir))
-    assert f"evaluate it with --eval-only '{run_dir}'" in capsys.readouterr().out
+    command = f"evaluate with: python {ROOT / 'ppo_discrete.py'} --eval-only '{run_dir}',"
+    assert command in capsys.readouterr().out

@@ -92,8 +92,8 @@ def test_two_processes_learn_cartpole_in_step_and_only_rank_0_writes(tmp_path):
     # Rank 0 alone logs, saves and evaluates: one run directory, one event file, one evaluation.
     (run_dir,) = (tmp_path / "runs").iterdir()
     files = sorted(path.name for path in run_dir.iterdir())
-    assert files[:2] == ["agent.pt", "checkpoint.pt"] and len(files) == 3  # and one event file
-    assert files[2].startswith("events.out.tfevents.")
+    assert files[:2] == ["agent.pt", "checkpoint.pt"] and len(files) == 4  # and one event file
+    assert files[2].startswith("events.out.tfevents.") and files[3] == "lock"
     (eval_line,) = [line for line in stdout.splitlines() if line.startswith("eval:")]
     assert float(eval_line.split()[3]) >= 475
     # SPS counts both ranks' steps: 8 envs in all, 4 per rank.

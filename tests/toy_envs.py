@@ -1,6 +1,9 @@
 """Toy environments for the tests. `--env-id toy_envs:ConstantRewardBox-v0` imports this module,
 which registers them (gymnasium's `module:EnvId` form). Each comes with Box and Discrete actions."""
 
+import os
+from typing import ClassVar
+
 import gymnasium as gym
 import numpy as np
 
@@ -96,15 +99,16 @@ class NaNFinalObservationEnv(ConstantRewardEnv):
 
 class FailingEnv(ConstantRewardEnv):
     """ConstantRewardEnv whose code raises: in its constructor, its reset, or its FAIL_STEP-th
-    step (after the first iterations of the tests' runs)."""
+    step (after the first iterations of the tests' runs). `error`: what the step raises, or
+    "os._exit" (its process ends at once, as in a simulator's crash)."""
 
     FAIL_STEP = 120
 
-    def __init__(self, continuous: bool, fails_in: str) -> None:
+    def __init__(self, continuous: bool, fails_in: str, error: str = "RuntimeError") -> None:
         if fails_in == "constructor":
             raise RuntimeError("broken on purpose")
         super().__init__(continuous)
-        self.fails_in, self.steps = fails_in, 0
+        self.fails_in, self.error, self.steps = fails_in, error, 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if self.fails_in == "reset":
@@ -114,8 +118,41 @@ class FailingEnv(ConstantRewardEnv):
     def step(self, action):
         self.steps += 1
         if self.fails_in == "step" and self.steps == self.FAIL_STEP:
-            raise RuntimeError("broken on purpose")
+            if self.error == "os._exit":
+                os._exit(3)
+            raise {
+                "RuntimeError": RuntimeError("broken on purpose"),
+                "KeyboardInterrupt": KeyboardInterrupt(),
+                "SystemExit": SystemExit(3),
+            }[self.error]
         return super().step(action)
+
+
+class RenderingEnv(ConstantRewardEnv):
+    """ConstantRewardEnv with rgb_array frames (each a shade darker) and no render_fps."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": None}
+
+    def __init__(self, continuous: bool, render_mode: str | None = None) -> None:
+        super().__init__(continuous)
+        self.render_mode, self.frames = render_mode, 0
+
+    def render(self):
+        self.frames += 1
+        return np.full((8, 8, 3), 255 - self.frames % 256, dtype=np.uint8)
+
+
+class ZeroFpsEnv(RenderingEnv):
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 0}
+
+
+class BrokenRenderEnv(RenderingEnv):
+    """Its render raises (it is called only to capture a GIF, after training)."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def render(self):
+        raise RuntimeError("cannot render on purpose")
 
 
 gym.register(  # actions 1, 2, 3
@@ -155,6 +192,28 @@ for kind, continuous in (("Box", True), ("Discrete", False)):
             entry_point=FailingEnv,
             max_episode_steps=TIME_LIMIT,
             kwargs={"continuous": continuous, "fails_in": fails_in},
+        )
+    for error in ("KeyboardInterrupt", "SystemExit", "os._exit"):  # (raised in its step)
+        gym.register(
+            f"{error.replace('os._exit', 'ProcessExit')}InStep{kind}-v0",
+            entry_point=FailingEnv,
+            max_episode_steps=TIME_LIMIT,
+            kwargs={"continuous": continuous, "fails_in": "step", "error": error},
+        )
+    # Without a TimeLimit: episodes never end, in training nor in evaluation (but for its cap).
+    gym.register(
+        f"NeverEnding{kind}-v0", entry_point=ConstantRewardEnv, kwargs={"continuous": continuous}
+    )
+    for name, env_class in (
+        ("NoFps", RenderingEnv),
+        ("ZeroFps", ZeroFpsEnv),
+        ("BrokenRender", BrokenRenderEnv),
+    ):
+        gym.register(
+            f"{name}{kind}-v0",
+            entry_point=env_class,
+            max_episode_steps=TIME_LIMIT,
+            kwargs={"continuous": continuous},
         )
     for env_class in (NaNObservationEnv, HugeRewardEnv, NaNFinalObservationEnv):
         gym.register(
