@@ -9,6 +9,7 @@ section by section"; the papers' equations are cited where they have one.
     torchrun --standalone --nproc_per_node 2 ppo_continuous.py --env-id Pendulum-v1  # 2 processes
 """
 
+import itertools
 import math
 import os
 import time
@@ -49,6 +50,9 @@ class Args:
     norm_obs: bool = False  # observations are normalized by running mean and variance (§8.5)
     norm_reward: bool = True  # rewards are divided by the running std of discounted returns (§8.5)
     state_dependent_std: bool = False  # the log-std is a network output, not a vector (§8.3)
+    init_logstd: float = 0.0  # the log-std's value at the start (§8.3; not state-dependent)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # the widths of the networks' hidden layers (§8.1)
+    activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
 
     # The run: its name, randomness, hardware and outputs.
     exp_name: str = os.path.basename(__file__).removesuffix(".py")  # part of the run's directory
@@ -84,15 +88,14 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.
     return layer
 
 
-def mlp(in_dim: int, out_dim: int, out_std: float) -> nn.Sequential:
-    """§8.1 a 64-64 tanh MLP; §8.2 hidden layers get gain √2, the output layer gain out_std."""
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, 64)),
-        nn.Tanh(),
-        layer_init(nn.Linear(64, 64)),
-        nn.Tanh(),
-        layer_init(nn.Linear(64, out_dim), std=out_std),
-    )
+def mlp(in_dim: int, out_dim: int, out_std: float, args: Args) -> nn.Sequential:
+    """§8.1 an MLP: hidden layers of args.hidden_sizes (64-64), each followed by args.activation
+    (tanh); §8.2 hidden layers get gain √2, the output layer gain out_std."""
+    activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation]
+    sizes, layers = (in_dim, *args.hidden_sizes), []
+    for size_in, size_out in itertools.pairwise(sizes):
+        layers += [layer_init(nn.Linear(size_in, size_out)), activation()]
+    return nn.Sequential(*layers, layer_init(nn.Linear(sizes[-1], out_dim), std=out_std))
 
 
 class Agent(nn.Module):
@@ -102,14 +105,12 @@ class Agent(nn.Module):
         super().__init__()
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         action_dim = int(np.prod(envs.single_action_space.shape))
-        self.critic = mlp(obs_dim, 1, out_std=1.0)
-        if args.state_dependent_std:
-            # The actor outputs the mean and the log-std of each action dimension.
-            self.actor = mlp(obs_dim, 2 * action_dim, out_std=0.01)
-            self.actor_logstd = None
-        else:
-            self.actor = mlp(obs_dim, action_dim, out_std=0.01)
-            self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
+        self.critic = mlp(obs_dim, 1, 1.0, args)
+        # The actor outputs each action dimension's mean, and its log-std if state-dependent.
+        outputs = 2 * action_dim if args.state_dependent_std else action_dim
+        self.actor = mlp(obs_dim, outputs, 0.01, args)
+        logstd = torch.full((1, action_dim), args.init_logstd)  # (1, action_dim)
+        self.actor_logstd = None if args.state_dependent_std else nn.Parameter(logstd)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x).squeeze(-1)  # (batch,)
@@ -222,10 +223,9 @@ def train(
     on_iteration_end: Callable[[int, int], None] | None = None,
 ) -> Agent:
     """§9 PPO for args.total_timesteps env steps, logged to TensorBoard, then saved (--save-model)
-    and evaluated; returns the agent. Alone, train() makes its envs and its writer (runs/...).
-    Part 2 attaches long runs and many processes from outside: it passes its own envs and writer,
-    on_start(what training changes, by name), which returns the iteration and global step that
-    the loop continues after, and on_iteration_end(iteration, global_step)."""
+    and evaluated; returns the agent. Alone, train() makes its envs and writer (runs/...). Part 2
+    passes its own, on_start(what training changes, by name), which returns the iteration and
+    global step the loop continues after, and on_iteration_end(iteration, global_step)."""
     torch.set_num_threads(1)  # tiny MLPs gain nothing from more, and lose much on a busy machine
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # torch draws every random number (actions, minibatches)
@@ -410,8 +410,7 @@ def evaluate(
     agent: Agent, args: Args, device: torch.device, obs_rms: RunningMeanStd | None, gif: str | None
 ) -> list[float]:
     """Runs args.eval_episodes deterministic episodes (the policy's mode) on a fresh env, seeded
-    past the training envs, normalization statistics frozen; prints and returns their returns.
-    With a path `gif`, the first episode is written there."""
+    past the training envs, statistics frozen; prints, returns their returns; the first to `gif`."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames need no window (nor SDL's error)
     env = gym.make(args.env_id, render_mode="rgb_array") if gif else gym.make(args.env_id)
     if env.spec.max_episode_steps is None:  # no time limit: its episodes end at 10,000 steps
@@ -433,7 +432,7 @@ def evaluate(
             episode_over = terminated or truncated
         episodic_returns.append(episodic_return)
     if gif:
-        frame_ms = 1000 / (env.metadata.get("render_fps") or 30)  # (an env may give none, or 0)
+        frame_ms = 1000 / (env.metadata.get("render_fps") or 30)  # (an env may give none)
         frames[0].save(gif, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
         print(f"gif saved to {gif}")
     env.close()
@@ -455,7 +454,6 @@ import signal
 import sys
 import traceback
 from dataclasses import fields, replace
-from typing import IO
 
 import torch.distributed as dist
 from typeguard import TypeCheckError, check_type
@@ -471,11 +469,12 @@ SCRIPT = os.path.basename(__file__)
 AGENT_KEYS = ("args", "model", "obs_rms")
 CHECKPOINT_KEYS = (*AGENT_KEYS, "script", "spaces", "optimizer", "iteration", "global_step", "rng")
 # Ctrl-C, a cluster's or kill's request, a closed terminal (POSIX); one ignored (nohup) stays so
-STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)]
-STOP_SIGNALS = [s for s in STOP_SIGNALS if s and signal.getsignal(s) is not signal.SIG_IGN]
-CHECKPOINT_SECONDS = 60  # checkpoint.pt is at most about this old, whatever --checkpoint-every
+SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+STOP_SIGNALS = [s for s in SIGNALS if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
+CHECKPOINT_SECONDS = 60  # checkpoint.pt is written at the first boundary this long after the last
 # The flags --resume and --eval-only take from the command line (--env-id only to confirm it)
-RESUME_FLAGS = ("resume", "total_timesteps", "track", "env_id")
+RESUME_FLAGS = ("resume", "total_timesteps", "env_id", "track", "wandb_project_name")
+RESUME_FLAGS += ("wandb_entity",)  # (tracking does not change training)
 EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda", "env_id")
 
 
@@ -534,8 +533,8 @@ def main() -> dict:
             return iterations_of(args), 0
 
         args = replace(args, save_model=False)
-        if args.capture_gif:  # (it writes into the saved run's directory, if no run does)
-            claim_run_dir(saved_dir, args).close()
+        if args.capture_gif:  # (its GIF goes beside the saved file: not while a run trains there)
+            os.close(claim_run_dir(saved_dir, args))
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
         try:
             train(args, envs, NoLog(saved_dir), load_saved_agent)
@@ -550,11 +549,11 @@ def main() -> dict:
         dist.init_process_group("cpu:gloo,cuda:nccl" if args.cuda else "gloo")
         if rank > 0:  # rank 0 speaks for the run (errors still reach stderr)
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-        run_dir = [run_dir]
-        dist.broadcast_object_list(run_dir, src=0)  # (rank 0's)
-        run_dir = run_dir[0]
-    if args.track and rank == 0:  # CleanRL's --track, before LongRun's writer: W&B syncs its
-        import wandb  # scalars (imported here: only --track pays for it)
+        names = [run_dir]  # rank 0's run directory, sent to every rank
+        dist.broadcast_object_list(names, src=0)
+        run_dir = names[0]
+    if args.track and rank == 0:  # (before LongRun makes its writer: wandb patches it to sync)
+        import wandb  # (here: only --track pays for the import)
 
         name = os.path.basename(os.path.abspath(run_dir))  # (the id a resume continues)
         who = {"project": args.wandb_project_name, "entity": args.wandb_entity}
@@ -562,6 +561,7 @@ def main() -> dict:
         try:
             wandb.init(**who, name=name, id=name, resume="allow", **what)
         except Exception as e:  # noqa: BLE001 (no login, no network: wandb's own errors)
+            envs.close()
             sys.exit(f"error: --track: {one_line(e)}")
     long_run = LongRun(args, envs, run_dir, saved)
     if rank > 0:  # envs r * n + j (n = num_envs / K), seeded as one process seeds them; the seed
@@ -574,17 +574,17 @@ def main() -> dict:
         if args.track and args.capture_gif:  # (rank 0's GIF: the others capture none)
             wandb.log({"eval/episode": wandb.Video(f"{run_dir}/episode.gif")})
     except (Exception, KeyboardInterrupt, SystemExit) as e:  # (the env's code, the disk, memory)
-        if isinstance(e, SystemExit) and (long_run.stopped_by or isinstance(e.code, str)):
+        if isinstance(e, SystemExit) and (long_run.stopped_by or str(e.code).startswith("error")):
             raise  # this script's own ending: a stop (exit 128 + signal), or an error line
         sys.exit(f"error: {run_failure(e, long_run)}")
-    finally:  # however the run ended, the async workers end with it; a dead one's broken pipe
-        with contextlib.suppress(Exception):  # would bury the error line, which stays last
+    finally:  # the async workers end with the run; a dead one's error must not bury the line
+        with contextlib.suppress(Exception):
             envs.close()
         envs.closed = True  # (gymnasium's __del__ would retry a failed close)
-        if args.track and rank == 0:
-            wandb.finish()  # (its closing lines come before the error line)
+        if args.track and rank == 0:  # (failed or stopped: not "finished"; its lines come first)
+            wandb.finish(exit_code=1 if sys.exc_info()[0] else 0)
         if lock is not None:  # (for a caller in the same process: the end of the run frees it)
-            lock.close()
+            os.close(lock)
     return long_run.state
 
 
@@ -605,6 +605,8 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
         if name in non_negative and value < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
+    if not all(size > 0 for size in args.hidden_sizes):
+        return f"--hidden-sizes must be positive, got {' '.join(map(str, args.hidden_sizes))}"
     if not 0 <= args.seed < 2**31:  # (with room for the envs' seeds, seed + index + step)
         return f"--seed must be in [0, 2**31), got {args.seed}"
     if args.track and not args.eval_only and importlib.util.find_spec("wandb") is None:
@@ -613,7 +615,7 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
         return "--capture-gif, --eval-every and --eval-only need --eval-episodes >= 1"
     if args.num_envs % world_size != 0:
         return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
-    if world_size > 1 and (args.eval_only, args.target_kl) != (None, None):  # (KL: ranks part)
+    if world_size > 1 and (args.eval_only is not None or args.target_kl is not None):
         return "--eval-only and --target-kl run in one process: use python, not torchrun"
     share = "" if world_size == 1 else f" / {world_size} processes"  # each splits its share
     batch = args.num_envs // world_size * args.num_steps  # (this process's)
@@ -632,7 +634,7 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
     obs_space = envs.single_observation_space
     if args.capture_gif and "rgb_array" not in envs.metadata.get("render_modes", []):
         return f"--capture-gif: {env_id} cannot render frames (it has no rgb_array render mode)"
-    if args.capture_gif and not ((fps := envs.metadata.get("render_fps")) is None or fps > 0):
+    if args.capture_gif and (fps := envs.metadata.get("render_fps")) is not None and fps <= 0:
         return f"--capture-gif: {env_id} has render_fps {fps}, not a frame rate (None: 30)"
     if not isinstance(action_space, gym.spaces.Box):
         return f"{SCRIPT} takes Box actions; {env_id} has {action_space} (use ppo_discrete.py)"
@@ -667,28 +669,25 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
         flag = f"--{ignored[0].replace('_', '-')}"
         raise ValueError(f"{flag} cannot be set with {mode}: the saved run's arguments apply")
     # gym.make("module:EnvId") imports module: a file never chooses the code that runs.
-    if typed.env_id != saved.env_id:
-        raise ValueError(f"--env-id {typed.env_id} is not the saved run's env, {saved.env_id}")
-    if ":" in saved.env_id and args.env_id != saved.env_id:  # (args.env_id: typed, or default)
-        raise ValueError(
-            f"the saved run's env {saved.env_id} imports the module {saved.env_id.split(':')[0]}: "
-            f"if you trust it, confirm with --env-id {saved.env_id}"
-        )
+    if typed.env_id != (env := saved.env_id):
+        raise ValueError(f"--env-id {typed.env_id} is not the saved run's env, {env}")
+    if ":" in env and args.env_id != env:  # (args.env_id: typed, or the default)
+        raise ValueError(f"the saved env {env} imports a module: trust it with --env-id {env}")
     return typed
 
 
 def exit_if_resume_would_not_train(args: RunArgs, saved: dict, path: str) -> None:
-    """--resume takes a run's checkpoint.pt (a copy's run would overwrite it) with iterations left."""
+    """--resume takes a run's checkpoint.pt (a copy's would be overwritten), iterations left."""
     if os.path.basename(path) != "checkpoint.pt":  # (the README says how to resume a copy)
         sys.exit(f"error: --resume takes a run directory or its checkpoint.pt, not {path}")
     iteration, steps = saved["iteration"], saved["global_step"]
     if iteration >= iterations_of(args):  # (complete, or trained beyond the budget)
-        run_dir = os.path.dirname(path) or "."
-        more = f"--total-timesteps {steps + args.num_envs * args.num_steps} or more"
+        run_dir, more = os.path.dirname(path) or ".", steps + args.num_envs * args.num_steps
         done = f"{run_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
         if iteration > iterations_of(args):
-            sys.exit(f"error: {done}: resume with {more}")
-        print(f"{done}: {next_command(args, run_dir, iteration)}, or resume with {more}")
+            sys.exit(f"error: {done}: resume with --total-timesteps {more} or more")
+        command = next_command(args, run_dir, iteration)
+        print(f"{done}: {command}, or resume with --total-timesteps {more} or more")
         sys.exit(0)  # (nothing to train: a job that resubmits itself until done ends here)
 
 
@@ -697,18 +696,17 @@ def next_command(args: RunArgs, run_dir: str, iteration: int) -> str:
     confirm = f" --env-id {shlex.quote(args.env_id)}" if ":" in args.env_id else ""
     run_dir = shlex.quote(run_dir) + confirm  # (quoted: a path with spaces, pasted into a shell)
     if iteration < iterations_of(args):
-        torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        launcher = "torchrun [its flags as before]" if torchrun else "python"
+        launcher = "torchrun [its flags as before]" if "WORLD_SIZE" in os.environ else "python"
         return f"resume with: {launcher} {sys.argv[0]} --resume {run_dir}"
     return f"training is complete; evaluate with: python {sys.argv[0]} --eval-only {run_dir}"
 
 
 def new_run_dir(args: RunArgs) -> str:
-    """Makes runs/{env_id}__{exp_name}__{seed}__{time} (taken: _2, ...), a safe name inside runs/."""
+    """Makes runs/{env_id}__{exp_name}__{seed}__{time} (taken: _2, ...), a name safe in runs/."""
     name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:200]
     try:
-        for number in range(1, sys.maxsize):
+        for number in itertools.count(1):
             run_dir = f"runs/{name}" if number == 1 else f"runs/{name}_{number}"
             with contextlib.suppress(FileExistsError):
                 os.makedirs(run_dir)  # (made here, or FileExistsError)
@@ -717,17 +715,17 @@ def new_run_dir(args: RunArgs) -> str:
         sys.exit(f"error: cannot make the run directory in {os.getcwd()}: {e.strerror}")
 
 
-def claim_run_dir(run_dir: str, args: RunArgs) -> IO:
-    """One process writes into a run directory: it holds run_dir/lock, returned, until it closes
-    it or ends (however it ends); another exits with one line. Planted links are removed."""
-    lock = open(f"{run_dir}/lock", "a")  # noqa: SIM115 (open for the life of the process)
-    try:
+def claim_run_dir(run_dir: str, args: RunArgs) -> int:
+    """One process writes into a run directory: it holds run_dir/lock (returned) until it closes
+    it or ends, however it ends; another exits. Links planted there are never followed."""
+    try:  # (O_NOFOLLOW: POSIX's; msvcrt: Windows's lock)
+        lock = os.open(f"{run_dir}/lock", os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0))
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
-            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-    except OSError:
-        sys.exit(f"error: {run_dir} is in use: another process holds its lock (it trains the run)")
+            msvcrt.locking(lock, msvcrt.LK_NBLCK, 1)
+    except OSError as e:  # (held by another process, or no lock file can be made there)
+        sys.exit(f"error: {run_dir} is in use by another process, or takes no lock: {e.strerror}")
     for name, written in (("agent.pt", args.save_model), ("episode.gif", args.capture_gif)):
         if written and os.path.islink(path := f"{run_dir}/{name}"):
             os.remove(path)
@@ -749,10 +747,9 @@ def load_checkpoint(path: str, keys: tuple[str, ...]) -> dict:
         raise ValueError(f"refused {path}: not only tensors and plain data (it could run code)")
     except Exception as e:  # noqa: BLE001 (a damaged file fails with many error types)
         raise ValueError(f"cannot read {path}: truncated or corrupted ({type(e).__name__})")
-    if type(checkpoint) is not dict or type(checkpoint.get("args")) is not dict:
-        raise ValueError(not_ours)
-    if checkpoint.get("script", SCRIPT) != SCRIPT or "model" not in checkpoint:  # (agent.pt: none)
-        raise ValueError(not_ours)
+    ours = type(checkpoint) is dict and type(checkpoint.get("args")) is dict
+    if not ours or checkpoint.get("script", SCRIPT) != SCRIPT or "model" not in checkpoint:
+        raise ValueError(not_ours)  # (agent.pt has no "script")
     if missing := [key for key in keys if key not in checkpoint]:
         raise ValueError(f"{path} has no {', '.join(missing)}: is it an agent.pt?")
     for key in ("iteration", "global_step"):
@@ -786,7 +783,8 @@ def load_states(saved: dict, objects: dict) -> None:
 
 
 def write_atomically(path: str, write: Callable[..., object]) -> None:
-    """write(file) to a new temp file, then rename it over `path`: the old file or the new one."""
+    """write(file) to a new temp file, fsync, rename over `path`: a crash or a full disk leaves
+    the old file or the new one, never half; a link planted at either name is replaced."""
     temp = f"{path}.tmp"
     try:
         if os.path.lexists(temp):  # a failed write's, or a planted link
@@ -810,7 +808,7 @@ class NoLog:
 
 
 class FiniteCheck(gym.vector.VectorWrapper):
-    """A NaN or infinite observation (final ones too) or reward raises before training uses it."""
+    """Raises FloatingPointError on a NaN or infinite observation (final ones too) or reward."""
 
     def step(self, actions: np.ndarray) -> tuple:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
@@ -825,8 +823,8 @@ class FiniteCheck(gym.vector.VectorWrapper):
 
 class LongRun:
     """A run's iteration boundaries, in one process or torchrun's K (rank 0 logs and writes):
-    `state`, the last one, goes to checkpoint.pt however the run ends. In `with`, a signal stops
-    training at the next boundary; a second, or one in an evaluation or after the last, at once."""
+    `state`, the last boundary's (what training changes, the generator), goes to checkpoint.pt
+    however the run ends. In `with`, a signal stops at the next boundary; a second, at once."""
 
     def __init__(self, args: RunArgs, envs: gym.vector.VectorEnv, run_dir: str, saved: dict | None):
         self.args, self.run_dir, self.saved = args, run_dir, saved
@@ -834,8 +832,8 @@ class LongRun:
         self.run = {"script": SCRIPT, "args": asdict(args), "spaces": spaces}
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.signal = self.stopped_by = None  # this rank's first signal; any rank's
-        self.together = self.at_once = False  # all ranks end at one boundary; a signal: at once
-        self.state, self.written_at = None, time.monotonic()  # the last boundary's; when saved
+        self.stop_at_once = False  # (no boundary ahead: in an evaluation, after the last)
+        self.state, self.written_at = None, time.monotonic()  # the last boundary's; its last write
         # (a resumed run purges what the stopped process logged after its checkpoint)
         purge_step = None if saved is None else saved["global_step"] + 1
         self.writer = NoLog(run_dir) if self.rank else SummaryWriter(run_dir, purge_step=purge_step)
@@ -872,25 +870,29 @@ class LongRun:
         return state
 
     def end_iteration(self, iteration: int, global_step: int) -> None:
-        """on_iteration_end: statistics merged, state kept (and written), stop, evaluation."""
-        sync_statistics_over_ranks(self.state, self.trained["obs_rms"], self.trained["return_rms"])
+        """on_iteration_end: the ranks' §8.5 statistics merged; the state kept, and written a minute
+        after the last write, every checkpoint_every and after the last; a stop; an evaluation."""
+        sync_statistics_over_ranks(self.state, self.trained)
         self.state = self.training_state(iteration, global_step)
-        last, every = iteration == iterations_of(self.args), self.args.checkpoint_every
+        last, checkpoint_every = iteration == iterations_of(self.args), self.args.checkpoint_every
         overdue = time.monotonic() > self.written_at + CHECKPOINT_SECONDS
-        if last or overdue or (every and iteration % every == 0):
+        if last or overdue or (checkpoint_every and iteration % checkpoint_every == 0):
             self.write()
         stopped_by = torch.tensor(self.signal or 0)  # any rank's: one stopping alone would hang
         if dist.is_initialized():
             dist.all_reduce(stopped_by, op=dist.ReduceOp.MAX)
+            if stopped_by or last:  # the ranks part here (a barrier first: a rank that left
+                dist.barrier()  # early could abort in teardown); rank 0 alone writes, evaluates
+                dist.destroy_process_group()
         if stopped_by:
-            self.stopped_by, self.together = int(stopped_by), True
+            self.stopped_by = int(stopped_by)
             sys.exit(128 + self.stopped_by)
         every, model, obs_rms = self.args.eval_every, self.trained["model"], self.trained["obs_rms"]
         if self.rank == 0 and every and iteration % every == 0 and not last:  # (train() does last)
-            self.at_once = True
+            self.stop_at_once = True
             returns = evaluate(model, self.args, next(model.parameters()).device, obs_rms, None)
             self.writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
-        self.at_once = self.together = last  # (after the last: train()'s evaluation)
+        self.stop_at_once = last  # (after the last: train()'s evaluation)
 
     def write(self) -> None:
         if self.rank == 0 and self.state is not None:
@@ -912,17 +914,13 @@ class LongRun:
         finally:
             for signum, handler in self.handlers.items():
                 signal.signal(signum, handler)
-        if self.together and dist.is_initialized():  # (a barrier first: a rank that left
-            dist.barrier()  # early could abort in teardown)
-            dist.destroy_process_group()
         if stopped:
             iteration, name = self.state["iteration"], signal.Signals(self.stopped_by).name
             command = next_command(self.args, self.run_dir, iteration)
             print(f"stopped by {name} after iteration {iteration}; {command}")
 
     def request_stop(self, signum: int, frame: object) -> None:
-        """A first signal in training stops it at the next boundary; a second one, at once."""
-        if self.signal is not None or self.at_once:
+        if self.signal is not None or self.stop_at_once:
             self.stopped_by = signum
             sys.exit(128 + signum)
         self.signal = signum
@@ -949,13 +947,12 @@ def run_failure(error: BaseException, long_run: LongRun) -> str:
     return line
 
 
-# torchrun runs this script in K processes (ranks 0..K-1), each with num_envs / K envs. Every rank
-# calls these at the same point (a collective waits for all).
-
-
 def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """After backward(), one all_reduce (9x faster than one per parameter) averages the gradients
-    over the ranks; a parameter without gradient is an error (as in DDP)."""
+    """torchrun runs this script in K processes (ranks), each with num_envs / K envs; every rank
+    calls this and sync_statistics_over_ranks at the same point (a collective waits for all).
+    Once backward() has completed every gradient, one all_reduce (9x faster than one per
+    parameter) makes each the ranks' mean: all take the same step (advantages: normalized per
+    rank, §8.6, as in CleanRL's multi-GPU PPO). A parameter without gradient is an error."""
     params = [param for param in model.parameters() if param.requires_grad]
     done = []  # the parameters whose gradient this backward() has completed
 
@@ -964,9 +961,10 @@ def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimi
         if len(done) == len(params):
             done.clear()
             grads = [param.grad for param in params]
-            mean = nn.utils.parameters_to_vector(grads) / dist.get_world_size()  # (num_params,)
-            dist.all_reduce(mean)  # the sum of the ranks' shares: the mean
-            nn.utils.vector_to_parameters(mean, grads)  # each gradient takes its part
+            mean = torch.cat([grad.flatten() for grad in grads]) / dist.get_world_size()
+            dist.all_reduce(mean)  # (num_params,) the sum of the ranks' shares: the mean
+            for grad, part in zip(grads, mean.split([grad.numel() for grad in grads])):
+                grad.copy_(part.view_as(grad))
 
     def all_averaged(*hook_args: object) -> None:  # the optimizer's hook before each step
         if done:  # (the hook of a parameter without a gradient did not run)
@@ -977,15 +975,14 @@ def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimi
     optimizer.register_step_pre_hook(all_averaged)
 
 
-def sync_statistics_over_ranks(
-    boundary: dict, obs_rms: RunningMeanStd | None, return_rms: RunningMeanStd | None
-) -> None:
-    """All ranks' data's statistics: the boundary's sums (count, Σx, Σx²) plus each rank's since."""
+def sync_statistics_over_ranks(boundary: dict, trained: dict) -> None:
+    """trained's §8.5 statistics, made those of all ranks' data: the `boundary` state's sums
+    (count, Σx, Σx², in float64) plus each rank's additions since."""
 
     def sums(mean: np.ndarray, var: np.ndarray, count: float) -> np.ndarray:
         return count * np.stack([np.ones_like(mean), mean, var + mean**2])  # (3, *shape)
 
-    for rms, agreed in ((obs_rms, boundary["obs_rms"]), (return_rms, boundary["return_rms"])):
+    for rms, agreed in ((trained[name], boundary[name]) for name in ("obs_rms", "return_rms")):
         if rms is None or not dist.is_initialized():
             continue
         agreed_sums = sums(agreed["mean"].numpy(), agreed["var"].numpy(), float(agreed["count"]))

@@ -2,10 +2,11 @@
 
     python benchmarks/sb3_ppo.py --script ppo_continuous.py --total-timesteps 50000
 
-The hyperparameters are not restated here: they are read from the script's own `Args` defaults
-(and the few flags below), so the two implementations cannot drift apart. The network is SB3's
-default MlpPolicy, which is ours: separate 64-64 tanh actor and critic, orthogonal init, log-std
-starting at 0; no gSDE. Evaluation follows the scripts' `evaluate` exactly (same seeds, same
+The hyperparameters are not restated here: they are the script's own `Args`, its defaults and
+any of its flags given here (parsed by the script's tyro), so the two implementations cannot drift
+apart. The network is SB3's MlpPolicy shaped as ours: separate actor and critic of
+`--hidden-sizes` and `--activation` (64-64 tanh), orthogonal init, log-std starting at
+`--init-logstd` (0); no gSDE. Evaluation follows the scripts' `evaluate` exactly (same seeds, same
 deterministic episodes) and is printed in the same format, and --curve writes one JSON line per
 evaluation: {"step": ..., "return": ...}.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import tyro
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -74,18 +76,12 @@ class EvaluateEvery(BaseCallback):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--script", required=True, choices=["ppo_continuous.py", "ppo_discrete.py"])
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--total-timesteps", type=int, default=None)
-    parser.add_argument("--eval-episodes", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=0, help="iterations, as in the scripts")
     parser.add_argument("--curve", help="a JSON-lines file for the evaluations")
-    cli = parser.parse_args()
+    cli, script_flags = parser.parse_known_args()  # (the rest: the script's own flags)
 
     script = importlib.import_module(cli.script.removesuffix(".py"))
-    args = script.Args(seed=cli.seed)
-    for name in ("total_timesteps", "eval_episodes"):
-        if getattr(cli, name) is not None:
-            setattr(args, name, getattr(cli, name))
+    args = tyro.cli(script.Args, args=script_flags)
     torch.set_num_threads(1)  # as the scripts do: equal CPU use
 
     env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed)
@@ -116,10 +112,10 @@ def main() -> None:
         max_grad_norm=args.max_grad_norm,
         target_kl=args.target_kl,
         policy_kwargs={
-            "net_arch": {"pi": [64, 64], "vf": [64, 64]},
-            "activation_fn": nn.Tanh,
+            "net_arch": {"pi": list(args.hidden_sizes), "vf": list(args.hidden_sizes)},
+            "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation],
             "ortho_init": True,
-            "log_std_init": 0.0,
+            "log_std_init": getattr(args, "init_logstd", 0.0),  # (ppo_discrete.py has none)
         },
         seed=args.seed,
         device="cpu",

@@ -22,6 +22,7 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
     (["--gae-lambda", "-0.1"], "--gae-lambda must be in [0, 1]"),
     (["--target-kl", "0"], "--target-kl must be positive"),
+    (["--hidden-sizes", "64", "0"], "--hidden-sizes must be positive, got 64 0"),
     (["--eval-episodes", "-1"], "--eval-episodes must be non-negative"),
     (["--eval-episodes", "0", "--capture-gif"], "need --eval-episodes >= 1"),
     (["--eval-episodes", "0", "--eval-every", "1"], "need --eval-episodes >= 1"),

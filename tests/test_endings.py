@@ -92,14 +92,14 @@ def test_a_second_process_on_a_running_run_is_refused_and_the_first_is_untouched
     first = python(tmp_path, DISCRETE, *flags, "--checkpoint-every", "1")
     wait_for_progress_lines(first, 2)
     run_dir = only_run_dir(tmp_path)
-    in_use = f"error: {run_dir} is in use: another process holds its lock (it trains the run)\n"
+    in_use = f"error: {run_dir} is in use by another process, or takes no lock: "
     confirm = toy_env("NoFps", "ppo_discrete.py")
     for second in (
         ["--resume", str(run_dir)],
         ["--eval-only", str(run_dir), "--capture-gif", "--eval-episodes", "1"],
     ):
         process = python(tmp_path, DISCRETE, *second, *confirm)
-        assert process.communicate(timeout=60)[1] == in_use and process.returncode == 1
+        assert process.communicate(timeout=60)[1].startswith(in_use) and process.returncode == 1
     run_to_success(
         tmp_path, DISCRETE, "--eval-only", str(run_dir), "--eval-episodes", "1", *confirm
     )
@@ -240,7 +240,7 @@ def test_without_posix_apis_a_run_trains_stops_resumes_and_evaluates(tmp_path, s
         resume = ["--resume", str(run_dir), *confirm]
         refused = python_with(WITHOUT_POSIX, tmp_path, str(ROOT / script), *resume)
         _, stderr = refused.communicate(timeout=60)
-        assert refused.returncode == 1 and stderr.endswith("holds its lock (it trains the run)\n")
+        assert refused.returncode == 1 and "is in use by another process" in stderr
     resume = ["--resume", str(run_dir), "--total-timesteps", str(20 * BATCH)]
     for args in (resume, ["--eval-only", str(run_dir), "--eval-episodes", "1"]):
         process = python_with(WITHOUT_POSIX, tmp_path, str(ROOT / script), *args, *confirm)

@@ -586,8 +586,8 @@ def test_a_saved_env_id_never_imports_a_module_the_command_line_does_not_name(
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path / "work", "ppo_discrete.py", mode, str(run_dir))
     assert exit_info.value.code == (
-        f"error: the saved run's env {module}:CartPole-v1 imports the module {module}: if you "
-        f"trust it, confirm with --env-id {module}:CartPole-v1"
+        f"error: the saved env {module}:CartPole-v1 imports a module: trust it with --env-id "
+        f"{module}:CartPole-v1"
     )
     assert not marker.exists()
     confirmed = [mode, str(run_dir), "--env-id", f"{module}:CartPole-v1"]

@@ -1,10 +1,16 @@
 """MuJoCo, the optional `gymnasium[mujoco]` extra (tests/requirements.txt installs it): a short
-HalfCheetah-v5 run with observation normalization trains, saves, and evaluates again from agent.pt."""
+HalfCheetah-v5 run with observation normalization trains, saves, and evaluates again from agent.pt;
+benchmarks/mujoco.py runs and prints what it says."""
+
+import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_in, scalars
+from conftest import ROOT, run_in, scalars
 
 pytest.importorskip("mujoco", reason="gymnasium[mujoco] is not installed")
 
@@ -32,3 +38,25 @@ def test_halfcheetah_trains_saves_and_evaluates_from_the_saved_agent(run_script,
         )
     printed = capsys.readouterr().out
     assert f"eval: mean return {logged['eval/episodic_return'][0]:.1f} ±" in printed
+
+
+def stdout_of(command: list[str], cwd) -> str:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_mujoco_benchmark_prints_a_runs_command_and_its_evaluation(tmp_path):
+    """benchmarks/mujoco.py: --print-command prints one run's command alone; a short run prints
+    the env's row with the seed's evaluation, which the printed command reproduces."""
+    benchmark = [sys.executable, str(ROOT / "benchmarks" / "mujoco.py"), "--envs", "Hopper-v5"]
+    short = ["--seeds", "3", "--total-timesteps", "2048"]
+    printed = stdout_of([*benchmark, "--print-command", *short], cwd=ROOT)
+    command = shlex.split(printed)
+    assert printed.count("\n") == 1
+    assert command[:6] == ["python", "ppo_continuous.py", "--env-id", "Hopper-v5", "--seed", "3"]
+    workdir = ["--workdir", str(tmp_path / "bench")]
+    table = stdout_of([*benchmark, *short, "--jobs", "1", *workdir], cwd=tmp_path)
+    (row,) = [line for line in table.splitlines() if line.startswith("| Hopper-v5 |")]
+    evaluation = row.split("|")[3].split("(")[1].rstrip(") ")  # the seed's own evaluation
+    rerun = stdout_of([sys.executable, str(ROOT / command[1]), *command[2:]], cwd=tmp_path)
+    rerun_evaluation = float(re.search(r"eval: mean return (\S+) ±", rerun)[1])
+    assert f"{rerun_evaluation:.0f}" == evaluation

@@ -168,3 +168,26 @@ def test_part_1_alone_is_a_whole_ppo(tmp_path, script):
     )
     assert "--learning-rate" in usage.stdout
     assert not {"--resume", "--eval-only", "--checkpoint-every"} & set(usage.stdout.split())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_network_flags_shape_both_networks_and_survive_resume(run_script, script):
+    """--hidden-sizes and --activation build actor and critic alike; --init-logstd is the
+    log-std's start; a resumed run builds the same networks from its saved arguments."""
+    flags = ["--hidden-sizes", "32", "16", "--activation", "relu"]
+    if script == "ppo_continuous.py":
+        flags += ["--init-logstd", "-1.5"]
+    module = import_script(script)
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(DEFAULT_ENV[script])])
+    agent = module.Agent(envs, module.tyro.cli(module.RunArgs, args=flags))
+    for network in (agent.actor, agent.critic):
+        linears = [layer for layer in network if isinstance(layer, torch.nn.Linear)]
+        assert [layer.out_features for layer in linears[:-1]] == [32, 16]
+        assert [type(layer) for layer in network[1:-1:2]] == [torch.nn.ReLU, torch.nn.ReLU]
+    if script == "ppo_continuous.py":
+        assert torch.equal(agent.actor_logstd.data, torch.full((1, 1), -1.5))
+    run_dir = run_script(script, *flags, *TINY, "--total-timesteps", "256")
+    resume = ["--resume", str(run_dir), "--total-timesteps", "512"]
+    subprocess.run([sys.executable, str(ROOT / script), *resume], capture_output=True, check=True)
+    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert resumed["iteration"] == 2 and resumed["model"]["critic.2.weight"].shape == (16, 32)

@@ -100,7 +100,7 @@ if __name__ == "__main__":
         boundary = {"obs_rms": statistics_state(statistics), "return_rms": None}  # agreed on
         for batch in rank_data(rank, round_):
             statistics.update(batch)
-        sync_statistics_over_ranks(boundary, statistics, None)
+        sync_statistics_over_ranks(boundary, {"obs_rms": statistics, "return_rms": None})
     if rank == 0:
         torch.save(gradient, "gradient.pt")
         torch.save(statistics_state(statistics), "statistics.pt")

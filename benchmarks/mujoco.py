@@ -1,0 +1,145 @@
+"""ppo_continuous.py's MuJoCo setting on given envs and seeds, each run a whole process (two at a
+time by default, for 2 cores), and the speed of the same work against Stable-Baselines3.
+
+    pip install "gymnasium[mujoco]"
+    python benchmarks/mujoco.py --envs HalfCheetah-v5 Hopper-v5 --seeds 1 2 3
+    python benchmarks/mujoco.py --print-command --envs HalfCheetah-v5 --seeds 1
+    pip install -r benchmarks/requirements.txt
+    python benchmarks/mujoco.py --speed [--repeats 2]
+
+For each env it prints the mean ± std over seeds of two metrics, with each run's own figures:
+- eval: the final deterministic evaluation (10 episodes, the run's statistics frozen), what the
+  README's table reports;
+- train: the mean return of the training episodes that ended in the last 10% of the run's steps
+  (CleanRL's metric, of stochastic actions);
+and the wall time of each run. --speed runs HalfCheetah-v5 for 100k steps with the setting's
+hyperparameters in ours and in SB3 (benchmarks/sb3_ppo.py), without evaluation, alternating which
+goes first, and prints each wall time and their ratio.
+"""
+
+import argparse
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+BENCHMARKS = Path(__file__).resolve().parent
+SCRIPT = BENCHMARKS.parent / "ppo_continuous.py"
+ENVS = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5"]
+# The MuJoCo setting: one set of flags for every env (CleanRL's MuJoCo settings, for now).
+SETTING = ["--total-timesteps", "1000000", "--num-envs", "1", "--num-steps", "2048"]
+SETTING += ["--learning-rate", "3e-4", "--gamma", "0.99", "--gae-lambda", "0.95"]
+SETTING += ["--num-minibatches", "32", "--update-epochs", "10", "--ent-coef", "0", "--norm-obs"]
+ENV_FLAGS: dict[str, list[str]] = {}  # an env's own flags, if it truly needs them (README)
+
+
+def command(env_id: str, seed: int, total_timesteps: int | None = None) -> list[str]:
+    """The exact command of one run (--save-model: its agent.pt reproduces the evaluation)."""
+    flags = [*SETTING, *ENV_FLAGS.get(env_id, []), "--save-model"]
+    if total_timesteps is not None:  # (a shorter run, for a smoke test)
+        flags[flags.index("--total-timesteps") + 1] = str(total_timesteps)
+    script = os.path.relpath(SCRIPT)  # (as typed from where this runs)
+    return ["python", script, "--env-id", env_id, "--seed", str(seed), *flags]
+
+
+def run(env_id: str, seed: int, total_timesteps: int | None, workdir: Path) -> dict:
+    """One run, in a directory of its own: its final evaluation, last-10% training return, wall."""
+    workdir.mkdir(parents=True)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *command(env_id, seed, total_timesteps)[2:]],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{env_id} seed {seed} failed: {done.stderr.strip()[-500:]}")
+    evaluation = float(re.search(r"eval: mean return (\S+) ±", done.stdout)[1])
+    (run_dir,) = (workdir / "runs").iterdir()
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    episodes = events.Scalars("charts/episodic_return")
+    last_tenth = [e.value for e in episodes if e.step > 0.9 * episodes[-1].step]
+    return {"eval": evaluation, "train": statistics.mean(last_tenth), "wall": wall}
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.0f} ± {std:.0f}"
+
+
+def speed(repeats: int) -> None:
+    """HalfCheetah-v5, 100k steps, ours against SB3 with the same hyperparameters."""
+    flags = ["--env-id", "HalfCheetah-v5", *SETTING, "--eval-episodes", "0"]
+    flags[flags.index("--total-timesteps") + 1] = "100000"
+    commands = {
+        "ours": [sys.executable, str(SCRIPT), *flags],
+        "SB3": [sys.executable, str(BENCHMARKS / "sb3_ppo.py"), "--script", SCRIPT.name, *flags],
+    }
+    walls = {name: [] for name in commands}
+    for repeat in range(repeats):
+        order = list(commands) if repeat % 2 == 0 else list(commands)[::-1]
+        for name in order:
+            with tempfile.TemporaryDirectory() as workdir:
+                start = time.perf_counter()
+                subprocess.run(commands[name], cwd=workdir, check=True, capture_output=True)
+                walls[name].append(time.perf_counter() - start)
+    for name, command_line in commands.items():
+        print(f"{name}: {shlex.join(command_line[1:])}")
+        print(f"  wall: {', '.join(f'{wall:.1f} s' for wall in walls[name])}")
+    ratio = statistics.median(walls["SB3"]) / statistics.median(walls["ours"])
+    print(f"SB3 / ours (medians): {ratio:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=ENVS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--workdir", default="mujoco_runs", help="where each run writes")
+    parser.add_argument("--print-command", action="store_true", help="print one run's command")
+    parser.add_argument("--speed", action="store_true", help="ours against SB3, 100k steps")
+    parser.add_argument("--repeats", type=int, default=2, help="of each side, for --speed")
+    parser.add_argument("--total-timesteps", type=int, help="instead of the setting's 1M")
+    cli = parser.parse_args()
+    if cli.speed:
+        speed(cli.repeats)
+        return
+    if cli.print_command:
+        if len(cli.envs) != 1 or len(cli.seeds) != 1:
+            sys.exit("error: --print-command takes one env and one seed")
+        print(shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps)))
+        return
+    workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")
+    cases = [(env_id, seed) for env_id in cli.envs for seed in cli.seeds]
+
+    def run_case(case: tuple[str, int]) -> dict:
+        return run(*case, cli.total_timesteps, workdir / f"{case[0]}__{case[1]}")
+
+    with ThreadPoolExecutor(max_workers=cli.jobs) as pool:
+        results = list(pool.map(run_case, cases))
+    print(f"runs in {workdir}; one: {shlex.join(command(*cases[0], cli.total_timesteps))}")
+    print("| env | seeds | eval (mean ± std over seeds) | train, last 10% | wall per run |")
+    print("|---|---|---|---|---|")
+    for env_id in cli.envs:
+        rows = [result for (env, _), result in zip(cases, results) if env == env_id]
+        walls = ", ".join(f"{row['wall']:.0f} s" for row in rows)
+        evals = ", ".join(f"{row['eval']:.0f}" for row in rows)
+        print(
+            f"| {env_id} | {' '.join(map(str, cli.seeds))} | {mean_std([r['eval'] for r in rows])} "
+            f"({evals}) | {mean_std([r['train'] for r in rows])} | {walls} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
