@@ -451,9 +451,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
 STOP_SIGNALS = [s for s in SIGNALS if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
 CHECKPOINT_SECONDS = 60  # checkpoint.pt is written at the first boundary this long after the last
 # The flags --resume and --eval-only take from the command line (--env-id only to confirm it)
-RESUME_FLAGS = ("resume", "total_timesteps", "env_id", "track", "wandb_project_name")
-RESUME_FLAGS += ("wandb_entity",)  # (tracking does not change training)
-EVAL_ONLY_FLAGS = ("eval_only", "eval_episodes", "capture_gif", "cuda", "env_id")
+RESUME_FLAGS = ("total_timesteps", "env_id", "track", "wandb_project_name", "wandb_entity")
+EVAL_ONLY_FLAGS = ("eval_episodes", "capture_gif", "cuda", "env_id")
 
 
 @dataclass
@@ -511,18 +510,24 @@ def main() -> dict:
             return iterations_of(args), 0
 
         args = replace(args, save_model=False)
-        if args.capture_gif:  # (its GIF goes beside the saved file: not while a run trains there)
-            os.close(claim_run_dir(saved_dir, args))
+        lock = claim_run_dir(saved_dir, args) if args.capture_gif else None  # (its GIF goes there)
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
         try:
             train(args, envs, NoLog(saved_dir), load_saved_agent)
         except Exception as e:  # noqa: BLE001 (the env's code, the disk)
             sys.exit(f"error: evaluation failed: {one_line(e)}")
+        finally:
+            if lock is not None:  # (for a caller in the same process: the end frees it)
+                os.close(lock)
         sys.exit(0)
     # A resumed run continues in its directory; rank 0 makes a new one's. Rank 0 claims it before
     # torchrun's processes meet: a refusal ends them all.
     run_dir = saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None
     lock = claim_run_dir(run_dir, args) if rank == 0 else None
+    if lock is not None and args.resume is not None:  # (read before the lock: a run that held
+        latest = load_checkpoint(saved_path, CHECKPOINT_KEYS)  # it may have written it since)
+        if latest["global_step"] != saved["global_step"]:
+            sys.exit(f"error: a run wrote {saved_path} as this one started: resume it again")
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
         dist.init_process_group("cpu:gloo,cuda:nccl" if args.cuda else "gloo")
         if rank > 0:  # rank 0 speaks for the run (errors still reach stderr)
@@ -551,7 +556,7 @@ def main() -> dict:
             train(args, FiniteCheck(envs), long_run.writer, long_run.start, long_run.end_iteration)
         if args.track and args.capture_gif:  # (rank 0's GIF: the others capture none)
             wandb.log({"eval/episode": wandb.Video(f"{run_dir}/episode.gif")})
-    except (Exception, KeyboardInterrupt, SystemExit) as e:  # (the env's code, the disk, memory)
+    except BaseException as e:  # (the env's code may raise anything: even KeyboardInterrupt)
         if isinstance(e, SystemExit) and (long_run.stopped_by or str(e.code).startswith("error")):
             raise  # this script's own ending: a stop (exit 128 + signal), or an error line
         sys.exit(f"error: {run_failure(e, long_run)}")
@@ -793,9 +798,8 @@ class FiniteCheck(gym.vector.VectorWrapper):
         finite = np.isfinite(obs).reshape(len(rewards), -1).all(axis=1) & np.isfinite(rewards)
         for i in np.flatnonzero(infos.get("_final_obs", [])):
             finite[i] &= bool(np.isfinite(infos["final_obs"][i]).all())
-        if not finite.all():
-            env = np.argmin(finite)  # the first that did
-            raise FloatingPointError(f"env {env} returned a non-finite observation or reward")
+        if not finite.all():  # (the first env that did)
+            raise FloatingPointError(f"env {np.argmin(finite)} returned a NaN or infinite value")
         return obs, rewards, terminations, truncations, infos
 
 
@@ -839,7 +843,6 @@ class LongRun:
         return iteration, global_step
 
     def training_state(self, iteration: int, global_step: int) -> dict:
-        """The run (script, args, spaces), a copy of what training changes, and the generator."""
         state = {**self.run, "iteration": iteration, "global_step": global_step}
         for name, obj in self.trained.items():
             is_rms = isinstance(obj, RunningMeanStd | None)

@@ -41,21 +41,24 @@ SETTING += ["--num-minibatches", "32", "--update-epochs", "10", "--ent-coef", "0
 ENV_FLAGS: dict[str, list[str]] = {}  # an env's own flags, if it truly needs them (README)
 
 
-def command(env_id: str, seed: int, total_timesteps: int | None = None) -> list[str]:
-    """The exact command of one run (--save-model: its agent.pt reproduces the evaluation)."""
-    flags = [*SETTING, *ENV_FLAGS.get(env_id, []), "--save-model"]
+def command(
+    env_id: str, seed: int, total_timesteps: int | None = None, extra: str = ""
+) -> list[str]:
+    """The exact command of one run (--save-model: its agent.pt reproduces the evaluation);
+    `extra` flags (a sweep's) come last, so they replace the setting's."""
+    flags = [*SETTING, *ENV_FLAGS.get(env_id, []), "--save-model", *shlex.split(extra)]
     if total_timesteps is not None:  # (a shorter run, for a smoke test)
         flags[flags.index("--total-timesteps") + 1] = str(total_timesteps)
     script = os.path.relpath(SCRIPT)  # (as typed from where this runs)
     return ["python", script, "--env-id", env_id, "--seed", str(seed), *flags]
 
 
-def run(env_id: str, seed: int, total_timesteps: int | None, workdir: Path) -> dict:
+def run(env_id: str, seed: int, total_timesteps: int | None, extra: str, workdir: Path) -> dict:
     """One run, in a directory of its own: its final evaluation, last-10% training return, wall."""
     workdir.mkdir(parents=True)
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *command(env_id, seed, total_timesteps)[2:]],
+        [sys.executable, str(SCRIPT), *command(env_id, seed, total_timesteps, extra)[2:]],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -111,6 +114,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="ours against SB3, 100k steps")
     parser.add_argument("--repeats", type=int, default=2, help="of each side, for --speed")
     parser.add_argument("--total-timesteps", type=int, help="instead of the setting's 1M")
+    parser.add_argument("--flags", default="", help="more flags, e.g. a sweep's: '--gamma 0.98'")
     cli = parser.parse_args()
     if cli.speed:
         speed(cli.repeats)
@@ -118,17 +122,19 @@ def main() -> None:
     if cli.print_command:
         if len(cli.envs) != 1 or len(cli.seeds) != 1:
             sys.exit("error: --print-command takes one env and one seed")
-        print(shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps)))
+        print(shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps, cli.flags)))
         return
     workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")
     cases = [(env_id, seed) for env_id in cli.envs for seed in cli.seeds]
 
     def run_case(case: tuple[str, int]) -> dict:
-        return run(*case, cli.total_timesteps, workdir / f"{case[0]}__{case[1]}")
+        return run(*case, cli.total_timesteps, cli.flags, workdir / f"{case[0]}__{case[1]}")
 
     with ThreadPoolExecutor(max_workers=cli.jobs) as pool:
         results = list(pool.map(run_case, cases))
-    print(f"runs in {workdir}; one: {shlex.join(command(*cases[0], cli.total_timesteps))}")
+    print(
+        f"runs in {workdir}; one: {shlex.join(command(*cases[0], cli.total_timesteps, cli.flags))}"
+    )
     print("| env | seeds | eval (mean ± std over seeds) | train, last 10% | wall per run |")
     print("|---|---|---|---|---|")
     for env_id in cli.envs:

@@ -3,12 +3,14 @@ process on the run, an endless env, a platform without POSIX's APIs), it leaves 
 resumes, or one `error:` line and nothing lost."""
 
 import fcntl
+import os
 import re
 import signal
 import subprocess
 import time
 
 import pytest
+import torch
 from conftest import ROOT, SCRIPTS
 from PIL import Image
 from test_long_runs import (
@@ -113,6 +115,45 @@ def test_a_second_process_on_a_running_run_is_refused_and_the_first_is_untouched
     ]
 
 
+def test_a_resume_that_read_a_checkpoint_a_run_then_rewrote_is_refused(tmp_path):
+    """--resume reads the checkpoint before it can hold the lock; if the run that held it wrote
+    it meanwhile (stopping, say), resuming the older state would undo that run's last
+    iterations: it is refused under the lock, the newer checkpoint untouched."""
+    flags = [*toy_env("SlowStart", "ppo_discrete.py"), *ALIGNED]
+    run_to_success(tmp_path, DISCRETE, *flags, "--total-timesteps", str(2 * BATCH))
+    run_dir = only_run_dir(tmp_path)
+    older = load(run_dir / "checkpoint.pt")
+    (tmp_path / "starting").unlink()
+    resume = ["--resume", str(run_dir), "--env-id", flags[1], "--total-timesteps", str(4 * BATCH)]
+    process = python(tmp_path, DISCRETE, *resume)  # (reads it, then makes its slow envs)
+    while not (tmp_path / "starting").exists():
+        time.sleep(0.1)
+    newer = {**older, "global_step": older["global_step"] + 1}  # (as another run's last write)
+    torch.save(newer, run_dir / "checkpoint.pt.new")
+    os.replace(run_dir / "checkpoint.pt.new", run_dir / "checkpoint.pt")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and stderr == (
+        f"error: a run wrote {run_dir}/checkpoint.pt as this one started: resume it again\n"
+    )
+    assert load(run_dir / "checkpoint.pt")["global_step"] == newer["global_step"]
+
+
+def test_an_eval_only_that_writes_a_gif_holds_the_lock_while_it_evaluates(tmp_path):
+    flags = [*toy_env("NoFps", "ppo_discrete.py"), *ALIGNED, "--total-timesteps", str(BATCH)]
+    run_to_success(tmp_path, DISCRETE, *flags)
+    run_dir = only_run_dir(tmp_path)
+    confirm = ["--env-id", flags[1]]
+    evaluation = ["--eval-only", str(run_dir), "--capture-gif", "--eval-episodes", "2000"]
+    evaluating = python(tmp_path, DISCRETE, *evaluation, *confirm)
+    assert evaluating.stdout.readline().startswith("evaluating ")  # (it holds the lock now)
+    more = ["--total-timesteps", str(2 * BATCH)]  # (a complete run would exit before the lock)
+    resume = python(tmp_path, DISCRETE, "--resume", str(run_dir), *confirm, *more)
+    _, stderr = resume.communicate(timeout=60)
+    evaluating.kill()
+    evaluating.communicate()
+    assert resume.returncode == 1 and "is in use by another process" in stderr
+
+
 def test_an_endless_env_is_evaluated_in_capped_episodes(tmp_path):
     """An env without a time limit never ends an episode: evaluation cuts each at 10,000 steps
     (reward 1 each)."""
@@ -178,11 +219,14 @@ def test_a_failure_after_the_last_iteration_is_named_and_the_run_is_kept(tmp_pat
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("error", ["KeyboardInterrupt", "SystemExit", "ProcessExit"])
+@pytest.mark.parametrize(
+    "error", ["KeyboardInterrupt", "SystemExit", "SystemExitText", "GeneratorExit", "ProcessExit"]
+)
 def test_an_env_that_interrupts_or_exits_leaves_a_run_that_resumes(tmp_path, script, error):
-    """The env's step raises KeyboardInterrupt or SystemExit(3), or its async worker process
-    ends (os._exit) at its 120th step (iteration 3): the last line on stderr is the error, with
-    the command that resumes the run from iteration 2; the resumed run completes."""
+    """The env's step raises KeyboardInterrupt, SystemExit(3) or SystemExit("text"), a
+    BaseException, or its async worker process ends (os._exit) at its 120th step (iteration 3):
+    the last line on stderr is the error, with the command that resumes the run from iteration
+    2; the resumed run completes."""
     flags = [*toy_env(f"{error}InStep", script), *ALIGNED, "--total-timesteps", str(8 * BATCH)]
     if error == "ProcessExit":
         flags += ["--vector-mode", "async"]

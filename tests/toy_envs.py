@@ -2,6 +2,8 @@
 which registers them (gymnasium's `module:EnvId` form). Each comes with Box and Discrete actions."""
 
 import os
+import time
+from pathlib import Path
 from typing import ClassVar
 
 import gymnasium as gym
@@ -124,8 +126,19 @@ class FailingEnv(ConstantRewardEnv):
                 "RuntimeError": RuntimeError("broken on purpose"),
                 "KeyboardInterrupt": KeyboardInterrupt(),
                 "SystemExit": SystemExit(3),
+                "SystemExitText": SystemExit("the env says goodbye"),
+                "GeneratorExit": GeneratorExit(),
             }[self.error]
         return super().step(action)
+
+
+class SlowStartEnv(ConstantRewardEnv):
+    """Its constructor writes `starting` in the working directory, then takes 3 s."""
+
+    def __init__(self, continuous: bool) -> None:
+        Path("starting").touch()
+        time.sleep(3)
+        super().__init__(continuous)
 
 
 class RenderingEnv(ConstantRewardEnv):
@@ -193,13 +206,20 @@ for kind, continuous in (("Box", True), ("Discrete", False)):
             max_episode_steps=TIME_LIMIT,
             kwargs={"continuous": continuous, "fails_in": fails_in},
         )
-    for error in ("KeyboardInterrupt", "SystemExit", "os._exit"):  # (raised in its step)
+    errors = ("KeyboardInterrupt", "SystemExit", "SystemExitText", "GeneratorExit", "os._exit")
+    for error in errors:  # (raised in its step)
         gym.register(
             f"{error.replace('os._exit', 'ProcessExit')}InStep{kind}-v0",
             entry_point=FailingEnv,
             max_episode_steps=TIME_LIMIT,
             kwargs={"continuous": continuous, "fails_in": "step", "error": error},
         )
+    gym.register(
+        f"SlowStart{kind}-v0",
+        entry_point=SlowStartEnv,
+        max_episode_steps=TIME_LIMIT,
+        kwargs={"continuous": continuous},
+    )
     # Without a TimeLimit: episodes never end, in training nor in evaluation (but for its cap).
     gym.register(
         f"NeverEnding{kind}-v0", entry_point=ConstantRewardEnv, kwargs={"continuous": continuous}
