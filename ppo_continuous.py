@@ -989,8 +989,8 @@ def sync_statistics_over_ranks(boundary: dict, trained: dict) -> None:
         if rms is None or not dist.is_initialized():
             continue
         agreed_sums = sums(agreed["mean"].numpy(), agreed["var"].numpy(), float(agreed["count"]))
-        added = torch.from_numpy(sums(rms.mean, rms.var, rms.count) - agreed_sums)
-        dist.all_reduce(added)  # (3, *shape) the sums of all ranks' additions
+        added = torch.tensor(sums(rms.mean, rms.var, rms.count) - agreed_sums)  # a copy: gloo then
+        dist.all_reduce(added)  # frees no numpy memory; (3, *shape) summed over the ranks
         count, total, squares = agreed_sums + added.numpy()
         rms.mean, rms.count = total / count, float(count.flat[0])
         rms.var = squares / count - rms.mean**2

@@ -190,7 +190,7 @@ def test_async_envs_end_with_the_run_however_it_ends(saved_runs, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1 and stderr.count("\n") == 1
     assert stderr.startswith(
-        "error: training failed: FloatingPointError: env 1 returned a non-finite"
+        "error: training failed: FloatingPointError: env 1 returned a NaN or infinite value"
     )
     run_dir = saved_runs["ppo_discrete.py"]
     flags = ["--eval-only", str(run_dir), "--eval-episodes", "1"]
@@ -278,8 +278,8 @@ def test_a_non_finite_observation_stops_the_run_before_an_update_uses_it(tmp_pat
         run_in(tmp_path, script, *flags, "--seed", "1")
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert exit_info.value.code == (
-        "error: training failed: FloatingPointError: env 1 returned a non-finite observation or "
-        f"reward (traceback in runs/{run_dir.name}/traceback.txt); resume with: python "
+        "error: training failed: FloatingPointError: env 1 returned a NaN or infinite value "
+        f"(traceback in runs/{run_dir.name}/traceback.txt); resume with: python "
         f"{ROOT / script} --resume runs/{run_dir.name} --env-id {flags[1]}"
     )
     checkpoint = load(run_dir / "checkpoint.pt")
@@ -314,7 +314,7 @@ def test_a_non_finite_final_observation_is_the_envs_not_the_losss(tmp_path, scri
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, script, *flags, "--total-timesteps", str(4 * BATCH))
     assert exit_info.value.code.startswith(
-        "error: training failed: FloatingPointError: env 0 returned a non-finite observation"
+        "error: training failed: FloatingPointError: env 0 returned a NaN or infinite value"
     )
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert load(run_dir / "checkpoint.pt")["iteration"] == 0  # (NaN in iteration 1's last step)
