@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from gymnasium.wrappers.utils import RunningMeanStd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
+# the scripts' directory instead of this one, whose mujoco.py would shadow the mujoco package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from ppo_continuous import (
     CHECKPOINT_SECONDS,
     Agent,

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 
 BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
-sys.path.insert(0, str(ROOT))  # to read the scripts' Args defaults
+sys.path[0] = str(ROOT)  # the scripts (this directory's mujoco.py would shadow the package)
 import ppo_continuous
 import ppo_discrete
 

@@ -27,7 +27,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
+# the scripts' directory instead of this one, whose mujoco.py would shadow the mujoco package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 
 def evaluate_sb3(model: PPO, script, args, episodes: int) -> list[float]:

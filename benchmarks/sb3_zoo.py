@@ -18,7 +18,8 @@ from sb3_ppo import evaluate_sb3
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
+# the scripts' directory instead of this one, whose mujoco.py would shadow the mujoco package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 
 def linear(initial: float):

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # to import the scripts
+# the scripts' directory instead of this one, whose mujoco.py would shadow the mujoco package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from ppo_continuous import make_envs
 
 CASES = [("Pendulum-v1", 4), ("HalfCheetah-v5", 2), ("HalfCheetah-v5", 4), ("Hopper-v5", 4)]
