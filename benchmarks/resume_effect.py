@@ -22,14 +22,14 @@ def final_eval(stdout: str) -> str:
     return re.search(r"eval: mean return (\S+ ± \S+)", stdout)[1]
 
 
+def script_stdout(workdir: Path, *args: str) -> str:
+    """`python ppo_continuous.py ARGS...` in workdir, to its end: its stdout."""
+    command = [sys.executable, SCRIPT, *args]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=True).stdout
+
+
 def uninterrupted(workdir: Path, seed: int) -> tuple[str, dict]:
-    stdout = subprocess.run(
-        [sys.executable, SCRIPT, "--seed", str(seed)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    stdout = script_stdout(workdir, "--seed", str(seed))
     (run_dir,) = (workdir / "runs").iterdir()
     return final_eval(stdout), torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
@@ -49,13 +49,7 @@ def stopped_and_resumed(workdir: Path, seed: int, stop_after: int) -> tuple[str,
     stdout, _ = process.communicate()
     stopped_at = int(re.search(r"stopped by SIGTERM after iteration (\d+)", stdout)[1])
     (run_dir,) = (workdir / "runs").iterdir()
-    resumed = subprocess.run(
-        [sys.executable, SCRIPT, "--resume", str(run_dir)],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    resumed = script_stdout(workdir, "--resume", str(run_dir))
     model = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
     return final_eval(resumed), stopped_at, model
 

@@ -63,19 +63,25 @@ def key_of(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def track(workdir, script: str, *args: str) -> subprocess.CompletedProcess:
-    """`python SCRIPT --track ARGS...` in workdir, W&B offline and its settings kept in workdir."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(workdir)}
-    env["WANDB_CONFIG_DIR"] = env["WANDB_CACHE_DIR"] = str(workdir / ".wandb-settings")
+def python(workdir, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python ARGS...` in workdir, with these environment variables, to its end."""
     return subprocess.run(
-        [sys.executable, str(ROOT / script), "--track", *args],
+        [sys.executable, *args],
         check=False,
         cwd=workdir,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def track(workdir, script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python SCRIPT --track ARGS...` in workdir, W&B offline and its settings kept in workdir."""
+    settings = str(workdir / ".wandb-settings")
+    offline = {"WANDB_MODE": "offline", "WANDB_DIR": str(workdir)}
+    offline |= {"WANDB_CONFIG_DIR": settings, "WANDB_CACHE_DIR": settings}
+    return python(workdir, str(ROOT / script), "--track", *args, **offline)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -119,14 +125,7 @@ def without_wandb(workdir, script: str, *args: str) -> subprocess.CompletedProce
     """`python SCRIPT ARGS...` where `import wandb` fails, as where it is not installed."""
     hide_wandb = "import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
     hide_wandb += "runpy.run_path(sys.argv[0], run_name='__main__')"
-    return subprocess.run(
-        [sys.executable, "-c", hide_wandb, str(ROOT / script), *args],
-        check=False,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return python(workdir, "-c", hide_wandb, str(ROOT / script), *args)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
