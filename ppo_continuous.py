@@ -546,8 +546,8 @@ def main() -> dict:
     # torchrun's processes meet: a refusal ends them all.
     run_dir = saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None
     lock = claim_run_dir(run_dir, args) if rank == 0 else None
-    if lock is not None and args.resume is not None:  # (read before the lock: a run that held
-        latest = load_checkpoint(saved_path, CHECKPOINT_KEYS)  # it may have written it since)
+    if lock is not None and args.resume is not None:  # (it was read before this lock)
+        latest = load_checkpoint(saved_path, CHECKPOINT_KEYS)  # has a run written it since?
         if latest["global_step"] != saved["global_step"]:
             sys.exit(f"error: a run wrote {saved_path} as this one started: resume it again")
     if world_size > 1:  # gloo carries CPU tensors, nccl CUDA ones
@@ -884,8 +884,8 @@ class LongRun:
         stopped_by = torch.tensor(self.signal or 0)  # any rank's: one stopping alone would hang
         if dist.is_initialized():
             dist.all_reduce(stopped_by, op=dist.ReduceOp.MAX)
-            if stopped_by or last:  # the ranks part here (a barrier first: a rank that left
-                dist.barrier()  # early could abort in teardown); rank 0 alone writes, evaluates
+            if stopped_by or last:  # the ranks part here; rank 0 alone writes and evaluates
+                dist.barrier()  # first: a rank that left early could abort in teardown
                 dist.destroy_process_group()
         if stopped_by:
             self.stopped_by = int(stopped_by)
@@ -989,8 +989,8 @@ def sync_statistics_over_ranks(boundary: dict, trained: dict) -> None:
         if rms is None or not dist.is_initialized():
             continue
         agreed_sums = sums(agreed["mean"].numpy(), agreed["var"].numpy(), float(agreed["count"]))
-        added = torch.tensor(sums(rms.mean, rms.var, rms.count) - agreed_sums)  # a copy: gloo then
-        dist.all_reduce(added)  # frees no numpy memory; (3, *shape) summed over the ranks
+        added = torch.tensor(sums(rms.mean, rms.var, rms.count) - agreed_sums)  # (3, *shape)
+        dist.all_reduce(added)  # summed over the ranks (a copy: gloo frees no numpy memory)
         count, total, squares = agreed_sums + added.numpy()
         rms.mean, rms.count = total / count, float(count.flat[0])
         rms.var = squares / count - rms.mean**2
