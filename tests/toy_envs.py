@@ -185,60 +185,38 @@ for name, action_space in (
         kwargs={"continuous": True, "action_space": action_space},
     )
 
+# Each kind's envs: name -> (class, its arguments but `continuous`), with a TimeLimit.
+FAILING_PARTS = ("constructor", "reset", "step")
+ERRORS = ("KeyboardInterrupt", "SystemExit", "SystemExitText", "GeneratorExit", "os._exit")
+WITH_TIME_LIMIT = {
+    "ConstantReward": (ConstantRewardEnv, {}),
+    "ImageObservation": (ConstantRewardEnv, {"obs_shape": (4, 4, 3)}),  # (the MLP takes no image)
+    "SlowStart": (SlowStartEnv, {}),
+    "NoFps": (RenderingEnv, {}),
+    "ZeroFps": (ZeroFpsEnv, {}),
+    "BrokenRender": (BrokenRenderEnv, {}),
+    **{f"FailingIn{part.title()}": (FailingEnv, {"fails_in": part}) for part in FAILING_PARTS},
+    **{  # (raised in its step)
+        f"{error.replace('os._exit', 'ProcessExit')}InStep": (
+            FailingEnv,
+            {"fails_in": "step", "error": error},
+        )
+        for error in ERRORS
+    },
+    **{
+        env_class.__name__.removesuffix("Env"): (env_class, {})
+        for env_class in (NaNObservationEnv, HugeRewardEnv, NaNFinalObservationEnv)
+    },
+}
 for kind, continuous in (("Box", True), ("Discrete", False)):
-    gym.register(
-        f"ConstantReward{kind}-v0",
-        entry_point=ConstantRewardEnv,
-        max_episode_steps=TIME_LIMIT,
-        kwargs={"continuous": continuous},
-    )
-    # An image-shaped observation, which the scripts' MLP cannot take.
-    gym.register(
-        f"ImageObservation{kind}-v0",
-        entry_point=ConstantRewardEnv,
-        max_episode_steps=TIME_LIMIT,
-        kwargs={"continuous": continuous, "obs_shape": (4, 4, 3)},
-    )
-    for fails_in in ("constructor", "reset", "step"):
-        gym.register(
-            f"FailingIn{fails_in.title()}{kind}-v0",
-            entry_point=FailingEnv,
-            max_episode_steps=TIME_LIMIT,
-            kwargs={"continuous": continuous, "fails_in": fails_in},
-        )
-    errors = ("KeyboardInterrupt", "SystemExit", "SystemExitText", "GeneratorExit", "os._exit")
-    for error in errors:  # (raised in its step)
-        gym.register(
-            f"{error.replace('os._exit', 'ProcessExit')}InStep{kind}-v0",
-            entry_point=FailingEnv,
-            max_episode_steps=TIME_LIMIT,
-            kwargs={"continuous": continuous, "fails_in": "step", "error": error},
-        )
-    gym.register(
-        f"SlowStart{kind}-v0",
-        entry_point=SlowStartEnv,
-        max_episode_steps=TIME_LIMIT,
-        kwargs={"continuous": continuous},
-    )
-    # Without a TimeLimit: episodes never end, in training nor in evaluation (but for its cap).
-    gym.register(
-        f"NeverEnding{kind}-v0", entry_point=ConstantRewardEnv, kwargs={"continuous": continuous}
-    )
-    for name, env_class in (
-        ("NoFps", RenderingEnv),
-        ("ZeroFps", ZeroFpsEnv),
-        ("BrokenRender", BrokenRenderEnv),
-    ):
+    for name, (env_class, kwargs) in WITH_TIME_LIMIT.items():
         gym.register(
             f"{name}{kind}-v0",
             entry_point=env_class,
             max_episode_steps=TIME_LIMIT,
-            kwargs={"continuous": continuous},
+            kwargs={"continuous": continuous, **kwargs},
         )
-    for env_class in (NaNObservationEnv, HugeRewardEnv, NaNFinalObservationEnv):
-        gym.register(
-            f"{env_class.__name__.removesuffix('Env')}{kind}-v0",
-            entry_point=env_class,
-            max_episode_steps=TIME_LIMIT,
-            kwargs={"continuous": continuous},
-        )
+    # Without a TimeLimit: episodes never end, in training nor in evaluation (but for its cap).
+    gym.register(
+        f"NeverEnding{kind}-v0", entry_point=ConstantRewardEnv, kwargs={"continuous": continuous}
+    )
