@@ -4,6 +4,7 @@ time by default, for 2 cores), and the speed of the same work against Stable-Bas
     pip install "gymnasium[mujoco]"
     python benchmarks/mujoco.py --envs HalfCheetah-v5 Hopper-v5 --seeds 1 2 3
     python benchmarks/mujoco.py --print-command --envs HalfCheetah-v5 --seeds 1
+    python benchmarks/mujoco.py --cleanrl --envs Hopper-v5 --seeds 101 --flags "--gamma 0.999"
     pip install -r benchmarks/requirements.txt
     python benchmarks/mujoco.py --speed [--repeats 2]
 
@@ -12,9 +13,10 @@ For each env it prints the mean ± std over seeds of two metrics, with each run'
   README's table reports;
 - train: the mean return of the training episodes that ended in the last 10% of the run's steps
   (CleanRL's metric, of stochastic actions);
-and the wall time of each run. --speed runs HalfCheetah-v5 for 100k steps with the setting's
-hyperparameters in ours and in SB3 (benchmarks/sb3_ppo.py), without evaluation, alternating which
-goes first, and prints each wall time and their ratio.
+and the wall time of each run. --cleanrl starts from CleanRL's MuJoCo settings instead (the base
+of benchmarks/mujoco_sweep.md's rows). --speed runs HalfCheetah-v5 for 100k steps, without
+evaluation, in ours and in SB3 (benchmarks/sb3_ppo.py) with the setting's hyperparameters, and in
+ours with CleanRL's, alternating the order, and prints each wall time and the ratios.
 """
 
 import argparse
@@ -45,27 +47,26 @@ SETTING = ["--total-timesteps", "1000000", "--num-envs", "8", "--num-steps", "25
 SETTING += ["--learning-rate", "1e-4", "--gamma", "0.99", "--gae-lambda", "0.95"]
 SETTING += ["--num-minibatches", "8", "--update-epochs", "10", "--ent-coef", "0", "--norm-obs"]
 SETTING += ["--hidden-sizes", "256", "256", "--activation", "relu", "--init-logstd", "-1"]
-ENV_FLAGS: dict[str, list[str]] = {}  # an env's own flags, if it truly needs them (README)
 
 
 def command(
-    env_id: str, seed: int, total_timesteps: int | None = None, extra: str = ""
+    env_id: str, seed: int, total_timesteps: int | None, extra: str, setting: list[str]
 ) -> list[str]:
     """The exact command of one run (--save-model: its agent.pt reproduces the evaluation);
     `extra` flags (a sweep's) come last, so they replace the setting's."""
-    flags = [*SETTING, *ENV_FLAGS.get(env_id, []), "--save-model", *shlex.split(extra)]
+    flags = [*setting, "--save-model", *shlex.split(extra)]
     if total_timesteps is not None:  # (a shorter run, for a smoke test)
         flags[flags.index("--total-timesteps") + 1] = str(total_timesteps)
     script = os.path.relpath(SCRIPT)  # (as typed from where this runs)
     return ["python", script, "--env-id", env_id, "--seed", str(seed), *flags]
 
 
-def run(env_id: str, seed: int, total_timesteps: int | None, extra: str, workdir: Path) -> dict:
+def run(one_command: list[str], workdir: Path) -> dict:
     """One run, in a directory of its own: its final evaluation, last-10% training return, wall."""
     workdir.mkdir(parents=True)
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *command(env_id, seed, total_timesteps, extra)[2:]],
+        [sys.executable, str(SCRIPT), *one_command[2:]],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -73,7 +74,7 @@ def run(env_id: str, seed: int, total_timesteps: int | None, extra: str, workdir
     )
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{env_id} seed {seed} failed: {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{shlex.join(one_command)} failed: {done.stderr.strip()[-500:]}")
     evaluation = float(re.search(r"eval: mean return (\S+) ±", done.stdout)[1])
     (run_dir,) = (workdir / "runs").iterdir()
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -125,26 +126,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="of each side, for --speed")
     parser.add_argument("--total-timesteps", type=int, help="instead of the setting's 1M")
     parser.add_argument("--flags", default="", help="more flags, e.g. a sweep's: '--gamma 0.98'")
+    parser.add_argument(
+        "--cleanrl", action="store_true", help="CleanRL's setting (the sweep's base)"
+    )
     cli = parser.parse_args()
+    setting = CLEANRL if cli.cleanrl else SETTING
     if cli.speed:
         speed(cli.repeats)
         return
     if cli.print_command:
         if len(cli.envs) != 1 or len(cli.seeds) != 1:
             sys.exit("error: --print-command takes one env and one seed")
-        print(shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps, cli.flags)))
+        print(
+            shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps, cli.flags, setting))
+        )
         return
     workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")
     cases = [(env_id, seed) for env_id in cli.envs for seed in cli.seeds]
 
-    def run_case(case: tuple[str, int]) -> dict:
-        return run(*case, cli.total_timesteps, cli.flags, workdir / f"{case[0]}__{case[1]}")
-
+    commands = [command(*case, cli.total_timesteps, cli.flags, setting) for case in cases]
+    workdirs = [workdir / f"{env_id}__{seed}" for env_id, seed in cases]
     with ThreadPoolExecutor(max_workers=cli.jobs) as pool:
-        results = list(pool.map(run_case, cases))
-    print(
-        f"runs in {workdir}; one: {shlex.join(command(*cases[0], cli.total_timesteps, cli.flags))}"
-    )
+        results = list(pool.map(run, commands, workdirs))
+    print(f"runs in {workdir}; one: {shlex.join(commands[0])}")
     print("| env | seeds | eval (mean ± std over seeds) | train, last 10% | wall per run |")
     print("|---|---|---|---|---|")
     for env_id in cli.envs:
