@@ -143,7 +143,6 @@ def main() -> None:
         return
     workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")
     cases = [(env_id, seed) for env_id in cli.envs for seed in cli.seeds]
-
     commands = [command(*case, cli.total_timesteps, cli.flags, setting) for case in cases]
     workdirs = [workdir / f"{env_id}__{seed}" for env_id, seed in cases]
     with ThreadPoolExecutor(max_workers=cli.jobs) as pool:

@@ -3,6 +3,7 @@ HalfCheetah-v5 run with observation normalization trains, saves, and evaluates a
 benchmarks/mujoco.py runs and prints what it says."""
 
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -53,6 +54,11 @@ def test_the_mujoco_benchmark_prints_a_runs_command_and_its_evaluation(tmp_path)
     command = shlex.split(printed)
     assert printed.count("\n") == 1
     assert command[:6] == ["python", "ppo_continuous.py", "--env-id", "Hopper-v5", "--seed", "3"]
+    cleanrl = shlex.split(stdout_of([*benchmark, "--print-command", "--cleanrl", *short], ROOT))
+    module = runpy.run_path(str(ROOT / "benchmarks" / "mujoco.py"))  # (not run as __main__)
+    assert command[6:9] == cleanrl[6:9] == ["--total-timesteps", "2048", "--num-envs"]
+    assert command[9:] == [*module["SETTING"][3:], "--save-model"]
+    assert cleanrl[9:] == [*module["CLEANRL"][3:], "--save-model"]
     workdir = ["--workdir", str(tmp_path / "bench")]
     table = stdout_of([*benchmark, *short, "--jobs", "1", *workdir], cwd=tmp_path)
     (row,) = [line for line in table.splitlines() if line.startswith("| Hopper-v5 |")]
