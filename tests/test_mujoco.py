@@ -54,11 +54,12 @@ def test_the_mujoco_benchmark_prints_a_runs_command_and_its_evaluation(tmp_path)
     command = shlex.split(printed)
     assert printed.count("\n") == 1
     assert command[:6] == ["python", "ppo_continuous.py", "--env-id", "Hopper-v5", "--seed", "3"]
-    cleanrl = shlex.split(stdout_of([*benchmark, "--print-command", "--cleanrl", *short], ROOT))
     module = runpy.run_path(str(ROOT / "benchmarks" / "mujoco.py"))  # (not run as __main__)
-    assert command[6:9] == cleanrl[6:9] == ["--total-timesteps", "2048", "--num-envs"]
-    assert command[9:] == [*module["SETTING"][3:], "--save-model"]
-    assert cleanrl[9:] == [*module["CLEANRL"][3:], "--save-model"]
+    assert command[6:] == ["--total-timesteps", "2048", *module["SETTING"][2:], "--save-model"]
+    cleanrl = [*benchmark, "--print-command", "--cleanrl", *short, "--flags", "--num-envs 2"]
+    cleanrl = shlex.split(stdout_of(cleanrl, ROOT))  # CleanRL's setting, a sweep's flags last
+    assert cleanrl[6:8] == ["--total-timesteps", "2048"]
+    assert cleanrl[8:] == [*module["CLEANRL"][2:], "--save-model", "--num-envs", "2"]
     workdir = ["--workdir", str(tmp_path / "bench")]
     table = stdout_of([*benchmark, *short, "--jobs", "1", *workdir], cwd=tmp_path)
     (row,) = [line for line in table.splitlines() if line.startswith("| Hopper-v5 |")]
