@@ -45,7 +45,9 @@ def test_sighup_stops_a_run_like_sigterm_and_it_resumes(tmp_path):
     """A closed terminal (SIGHUP) stops the run at its next boundary: checkpoint, resume command,
     exit 128 + 1."""
     flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, *LONG]
-    process = python(tmp_path, DISCRETE, *flags)
+    # (SIGHUP as a terminal leaves it, even where these tests run under nohup, which ignores it)
+    default_sighup = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    process = python(tmp_path, DISCRETE, *flags, preexec_fn=default_sighup)
     wait_for_progress_lines(process, 1)
     process.send_signal(signal.SIGHUP)
     last_line = ended_by(process, signal.SIGHUP).splitlines()[-1]
