@@ -48,21 +48,29 @@ def stdout_of(command: list[str], cwd) -> str:
 def test_the_mujoco_benchmark_prints_a_runs_command_and_its_evaluation(tmp_path):
     """benchmarks/mujoco.py: --print-command prints one run's command alone; a short run prints
     the env's row with the seed's evaluation, which the printed command reproduces."""
-    benchmark = [sys.executable, str(ROOT / "benchmarks" / "mujoco.py"), "--envs", "Hopper-v5"]
+    module = runpy.run_path(str(ROOT / "benchmarks" / "mujoco.py"))  # (not run as __main__)
+    env_id = "Walker2d-v5"  # (the setting's flags alone: no values of its own)
+    assert env_id not in module["ENV_FLAGS"]
+    benchmark = [sys.executable, str(ROOT / "benchmarks" / "mujoco.py"), "--envs", env_id]
     short = ["--seeds", "3", "--total-timesteps", "2048"]
     printed = stdout_of([*benchmark, "--print-command", *short], cwd=ROOT)
     command = shlex.split(printed)
     assert printed.count("\n") == 1
-    assert command[:6] == ["python", "ppo_continuous.py", "--env-id", "Hopper-v5", "--seed", "3"]
-    module = runpy.run_path(str(ROOT / "benchmarks" / "mujoco.py"))  # (not run as __main__)
+    assert command[:6] == ["python", "ppo_continuous.py", "--env-id", env_id, "--seed", "3"]
     assert command[6:] == ["--total-timesteps", "2048", *module["SETTING"][2:], "--save-model"]
     cleanrl = [*benchmark, "--print-command", "--cleanrl", *short, "--flags", "--num-envs 2"]
     cleanrl = shlex.split(stdout_of(cleanrl, ROOT))  # CleanRL's setting, a sweep's flags last
     assert cleanrl[6:8] == ["--total-timesteps", "2048"]
     assert cleanrl[8:] == [*module["CLEANRL"][2:], "--save-model", "--num-envs", "2"]
+    assert sum(map(len, module["ENV_FLAGS"].values())) <= 2  # (the limit on env-specific flags)
+    for own_env, values in module["ENV_FLAGS"].items():  # its values in place of the setting's
+        own = [*benchmark[:2], "--envs", own_env, "--seeds", "3", "--print-command"]
+        own = shlex.split(stdout_of(own, ROOT))
+        assert len(own) == len(command)
+        assert all(own[own.index(flag) + 1] == value for flag, value in values.items())
     workdir = ["--workdir", str(tmp_path / "bench")]
     table = stdout_of([*benchmark, *short, "--jobs", "1", *workdir], cwd=tmp_path)
-    (row,) = [line for line in table.splitlines() if line.startswith("| Hopper-v5 |")]
+    (row,) = [line for line in table.splitlines() if line.startswith(f"| {env_id} |")]
     evaluation = row.split("|")[3].split("(")[1].rstrip(") ")  # the seed's own evaluation
     rerun = stdout_of([sys.executable, str(ROOT / command[1]), *command[2:]], cwd=tmp_path)
     rerun_evaluation = float(re.search(r"eval: mean return (\S+) ±", rerun)[1])
