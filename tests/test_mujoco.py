@@ -63,11 +63,15 @@ def test_the_mujoco_benchmark_prints_a_runs_command_and_its_evaluation(tmp_path)
     assert cleanrl[6:8] == ["--total-timesteps", "2048"]
     assert cleanrl[8:] == [*module["CLEANRL"][2:], "--save-model", "--num-envs", "2"]
     assert sum(map(len, module["ENV_FLAGS"].values())) <= 2  # (the limit on env-specific flags)
+    setting = [*module["SETTING"], "--save-model"]
     for own_env, values in module["ENV_FLAGS"].items():  # its values in place of the setting's
         own = [*benchmark[:2], "--envs", own_env, "--seeds", "3", "--print-command"]
-        own = shlex.split(stdout_of(own, ROOT))
-        assert len(own) == len(command)
-        assert all(own[own.index(flag) + 1] == value for flag, value in values.items())
+        flags = shlex.split(stdout_of(own, ROOT))[6:]
+        assert len(flags) == len(setting)
+        changed = {setting[i - 1]: flags[i] for i in range(len(flags)) if flags[i] != setting[i]}
+        assert changed == values
+        flags = shlex.split(stdout_of([*own, "--cleanrl"], ROOT))[6:]  # (CleanRL's: not the env's)
+        assert flags == [*module["CLEANRL"], "--save-model"]
     workdir = ["--workdir", str(tmp_path / "bench")]
     table = stdout_of([*benchmark, *short, "--jobs", "1", *workdir], cwd=tmp_path)
     (row,) = [line for line in table.splitlines() if line.startswith(f"| {env_id} |")]
