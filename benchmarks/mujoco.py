@@ -125,7 +125,7 @@ def speed(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=ENVS)
-    # (the README's report seeds; Hopper-v5's, since its --learning-rate of its own, 301-303)
+    # (the README's report seeds; Hopper-v5's also 301-303, since its learning rate of its own)
     parser.add_argument("--seeds", type=int, nargs="+", default=[201, 202, 203])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--workdir", default="mujoco_runs", help="where each run writes")
