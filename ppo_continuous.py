@@ -9,6 +9,7 @@ section by section"; the papers' equations are cited where they have one.
     torchrun --standalone --nproc_per_node 2 ppo_continuous.py --env-id Pendulum-v1  # 2 processes
 """
 
+import importlib
 import itertools
 import math
 import os
@@ -71,61 +72,111 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # the Normal density's log normalize
 
 
 def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vector.VectorEnv:
-    """§7 num_envs copies of env_id, stepped as one, each recording its episodes' raw returns and
-    lengths. SAME_STEP autoreset: a step that ends an episode returns the next one's first
-    observation, and the true last one in infos["final_obs"]; no step spans two episodes."""
+    """§7 num_envs copies of env_id, stepped as one, recording their episodes' raw returns and
+    lengths in infos["episode"]. SAME_STEP autoreset: a step that ends an episode returns the next
+    one's first observation, and the true last one in infos["final_obs"]; no step spans two
+    episodes. Atari's ids run in ale-py's own vector env (§7.5, either vector_mode)."""
+    register_env(env_id)
+    if env_id.startswith("ALE/"):
+        return atari_envs(env_id, num_envs)
     vector_env = gym.vector.AsyncVectorEnv if vector_mode == "async" else gym.vector.SyncVectorEnv
-    return vector_env(
-        [lambda: gym.wrappers.RecordEpisodeStatistics(gym.make(env_id)) for _ in range(num_envs)],
+    envs = vector_env(
+        [lambda: gym.make(env_id) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+def layer_init(
+    layer: nn.Linear | nn.Conv2d, std: float = np.sqrt(2), bias: float = 0.0
+) -> nn.Module:
     """§8.2 orthogonal initialization with gain `std` and a constant bias."""
     torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
+    torch.nn.init.constant_(layer.bias, bias)
     return layer
 
 
-def mlp(in_dim: int, out_dim: int, out_std: float, args: Args) -> nn.Sequential:
-    """§8.1 an MLP: hidden layers of args.hidden_sizes (64-64), each followed by args.activation
-    (tanh); §8.2 hidden layers get gain √2, the output layer gain out_std."""
-    activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation]
-    sizes, layers = (in_dim, *args.hidden_sizes), []
+def mlp(
+    in_dim: int, out_dim: int, out_std: float, hidden_sizes: tuple[int, ...], activation: str
+) -> nn.Sequential:
+    """§8.1 an MLP: hidden layers of hidden_sizes (none: linear), each followed by activation
+    ("tanh" or "relu"); §8.2 hidden layers get gain √2, the output layer gain out_std."""
+    sizes, layers = (in_dim, *hidden_sizes), []
     for size_in, size_out in itertools.pairwise(sizes):
-        layers += [layer_init(nn.Linear(size_in, size_out)), activation()]
+        layers += [
+            layer_init(nn.Linear(size_in, size_out)),
+            {"tanh": nn.Tanh, "relu": nn.ReLU}[activation](),
+        ]
     return nn.Sequential(*layers, layer_init(nn.Linear(sizes[-1], out_dim), std=out_std))
 
 
+class ImageInput(nn.Module):
+    """§8.1 images as a CNN takes them: float (uint8 / 255: the one scaling), channels first."""
+
+    def __init__(self, channels_last: bool, scale: float) -> None:
+        super().__init__()
+        self.channels_last, self.scale = channels_last, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, C, H, W) or (batch, H, W, C)
+        return (x.permute(0, 3, 1, 2) if self.channels_last else x).float() / self.scale
+
+
+def cnn_encoder(obs_space: gym.spaces.Box) -> tuple[nn.Sequential, int]:
+    """§8.1 the image encoder under actor and critic, and its output size. Channels are first if
+    the first axis is the shorter of first and last ((4, 84, 84) Atari), else last ((10, 10, 4)
+    MinAtar). Frames 36 pixels a side or more: the PPO paper's Atari CNN (Nature CNN, Mnih et al.
+    2015); smaller: the MinAtar paper's (Young & Tian 2019). ReLUs; §8.2 gain √2."""
+    shape, channels_last = obs_space.shape, obs_space.shape[0] >= obs_space.shape[-1]
+    channels, height, width = (shape[2], shape[0], shape[1]) if channels_last else shape
+    if min(height, width) >= 36:  # (in, out, kernel, stride): 32 8x8 /4, 64 4x4 /2, 64 3x3 /1
+        convs, units = [(channels, 32, 8, 4), (32, 64, 4, 2), (64, 64, 3, 1)], 512
+    else:  # 16 3x3 /1
+        convs, units = [(channels, 16, 3, 1)], 128
+    layers = [ImageInput(channels_last, 255.0 if obs_space.dtype == np.uint8 else 1.0)]
+    for c_in, c_out, kernel, stride in convs:
+        layers += [layer_init(nn.Conv2d(c_in, c_out, kernel, stride)), nn.ReLU()]
+    layers.append(nn.Flatten())
+    flat = nn.Sequential(*layers)(torch.zeros((1, *shape))).shape[1]  # (1, flat) for one image
+    order = "last" if channels_last else "first"
+    print(f"images {shape} {obs_space.dtype}, channels {order}: CNN of {units} features")
+    return nn.Sequential(*layers, layer_init(nn.Linear(flat, units)), nn.ReLU()), units
+
+
 class Agent(nn.Module):
-    """§8.1 separate actor and critic networks; §8.3 a diagonal Normal policy."""
+    """§8.1 separate actor and critic networks (images: on one CNN encoder); §8.3 a diagonal
+    Normal policy."""
 
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
-        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        obs_space = envs.single_observation_space
+        if len(obs_space.shape) == 3:  # images: one CNN under both, and linear heads on it
+            self.encoder, features = cnn_encoder(obs_space)
+            hidden_sizes: tuple[int, ...] = ()
+        else:  # vectors: each network reads the observation itself
+            self.encoder, features = nn.Identity(), int(np.prod(obs_space.shape))
+            hidden_sizes = args.hidden_sizes
         action_dim = int(np.prod(envs.single_action_space.shape))
-        self.critic = mlp(obs_dim, 1, 1.0, args)
+        self.critic = mlp(features, 1, 1.0, hidden_sizes, args.activation)
         # The actor outputs each action dimension's mean, and its log-std if state-dependent.
         outputs = 2 * action_dim if args.state_dependent_std else action_dim
-        self.actor = mlp(obs_dim, outputs, 0.01, args)
+        self.actor = mlp(features, outputs, 0.01, hidden_sizes, args.activation)
         logstd = torch.full((1, action_dim), args.init_logstd)  # (1, action_dim)
         self.actor_logstd = None if args.state_dependent_std else nn.Parameter(logstd)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.critic(x).squeeze(-1)  # (batch,)
+        return self.critic(self.encoder(x)).squeeze(-1)  # (batch,)
 
-    def get_mean_and_logstd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_mean_and_logstd(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """§8.3 the Normal policy's mean and log-std, (batch, action_dim) each."""
         if self.actor_logstd is None:
-            action_mean, action_logstd = self.actor(x).chunk(2, dim=-1)
+            action_mean, action_logstd = self.actor(features).chunk(2, dim=-1)
         else:
-            action_mean = self.actor(x)
+            action_mean = self.actor(features)
             action_logstd = self.actor_logstd.expand_as(action_mean)
         return action_mean, action_logstd
 
     def get_deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
-        return self.get_mean_and_logstd(x)[0]  # the mean, (batch, action_dim)
+        return self.get_mean_and_logstd(self.encoder(x))[0]  # the mean, (batch, action_dim)
 
     def get_action_and_value(
         self, x: torch.Tensor, action: torch.Tensor | None = None
@@ -133,7 +184,8 @@ class Agent(nn.Module):
         """§8.3 samples an action (or takes the given one); returns it, (batch, action_dim), its
         log-prob, the policy's entropy and the value, (batch,) each. The Normal's formulas are
         written out: a torch.distributions.Normal costs more to build than the math."""
-        action_mean, action_logstd = self.get_mean_and_logstd(x)
+        features = self.encoder(x)  # (batch, features): the observation, or the CNN's output
+        action_mean, action_logstd = self.get_mean_and_logstd(features)
         action_std = action_logstd.exp()
         if action is None:
             action = action_mean + action_std * torch.randn_like(action_mean)
@@ -142,13 +194,16 @@ class Agent(nn.Module):
         z = (action - action_mean) / action_std
         log_prob = (-0.5 * z**2 - action_logstd - LOG_SQRT_2PI).sum(-1)  # (batch,)
         entropy = (0.5 + action_logstd + LOG_SQRT_2PI).sum(-1)  # (batch,)
-        return action, log_prob, entropy, self.get_value(x)
+        return action, log_prob, entropy, self.critic(features).squeeze(-1)
 
 
 def normalize_obs(
     obs: np.ndarray, rms: RunningMeanStd | None, device: torch.device
 ) -> torch.Tensor:
-    """§8.5 the agent's input: (obs - mean) / std clipped to ±NORM_CLIP (if rms), float32."""
+    """§8.5 the agent's input: (obs - mean) / std clipped to ±NORM_CLIP (if rms), float32; images
+    (batch, *image_shape) keep their uint8 or bool (a quarter of float32's memory or less)."""
+    if obs.ndim == 4:
+        return torch.tensor(obs, device=device)
     if rms is not None:
         obs = np.clip((obs - rms.mean) / np.sqrt(rms.var + EPSILON), -NORM_CLIP, NORM_CLIP)
     return torch.tensor(obs, dtype=torch.float32, device=device)
@@ -249,7 +304,8 @@ def train(
     start_iteration, global_step = on_start(trained) if on_start else (0, 0)  # Part 2: resume
 
     # §7.2 rollout storage, (num_steps, num_envs, ...): numpy, like the envs' data (cheap per row)
-    obs = np.zeros((args.num_steps, num_envs) + observation_space.shape, dtype=np.float32)
+    obs_dtype = np.float32 if len(observation_space.shape) == 1 else observation_space.dtype
+    obs = np.zeros((args.num_steps, num_envs) + observation_space.shape, dtype=obs_dtype)
     actions = np.zeros((args.num_steps, num_envs) + action_space.shape, dtype=np.float32)
     # (num_steps, num_envs) each; final_values: §7.4 V(final_obs) where an episode was truncated
     logprobs, rewards, terminations, truncations, values, final_values = (
@@ -300,10 +356,10 @@ def train(
                 with torch.inference_mode():
                     final_values[step, truncated_envs] = agent.get_value(final_obs).cpu().numpy()
 
-            # RecordEpisodeStatistics puts the finished episodes' stats in infos["final_info"].
-            if "episode" in infos.get("final_info", {}):
-                episode = infos["final_info"]["episode"]
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
+            # RecordEpisodeStatistics puts the finished episodes' raw stats in infos["episode"].
+            if "episode" in infos:
+                episode = infos["episode"]
+                for i in np.flatnonzero(infos["_episode"]):
                     recent_returns.append(float(episode["r"][i]))
                     writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
                     writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
@@ -412,7 +468,7 @@ def evaluate(
     """Runs args.eval_episodes deterministic episodes (the policy's mode) on a fresh env, seeded
     past the training envs, statistics frozen; prints, returns their returns; the first to `gif`."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames need no window (nor SDL's error)
-    env = gym.make(args.env_id, render_mode="rgb_array") if gif else gym.make(args.env_id)
+    env = make_env(args.env_id, render=gif is not None)
     if env.spec.max_episode_steps is None:  # no time limit: its episodes end at 10,000 steps
         env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
     episodic_returns, frames = [], []
@@ -421,8 +477,15 @@ def evaluate(
         obs, _ = env.reset(seed=args.seed + args.num_envs if episode == 0 else None)
         episodic_return, episode_over = 0.0, False
         while not episode_over:
-            if gif and episode == 0:
-                frames.append(Image.fromarray(env.render()))
+            if gif and episode == 0:  # (MinAtar renders 10x10 floats in [0, 1]: scaled to 160x160)
+                frame = np.asarray(env.render())
+                frame = frame if frame.dtype == np.uint8 else (frame * 255).astype(np.uint8)
+                scale = max(1, 160 // frame.shape[1])
+                frames.append(
+                    Image.fromarray(frame).resize(
+                        (frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST
+                    )
+                )
             obs_tensor = normalize_obs(obs[None], obs_rms, device)
             with torch.inference_mode():
                 action = agent.get_deterministic_action(obs_tensor)[0].cpu().numpy()
@@ -439,6 +502,63 @@ def evaluate(
     mean, std = np.mean(episodic_returns), np.std(episodic_returns)
     print(f"eval: mean return {mean:.1f} ± {std:.1f} over {len(episodic_returns)} episodes")
     return episodic_returns
+
+
+# Pixels: Atari's envs. A reader of vector observations has read the whole PPO above.
+
+
+def register_env(env_id: str) -> None:
+    """ALE/ and MinAtar/ ids exist once ale-py or minatar registers them (README: Pixels)."""
+    if env_id.startswith("ALE/"):
+        gym.register_envs(importlib.import_module("ale_py"))  # (ale-py registers on import)
+    elif env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        importlib.import_module("minatar.gym").register_envs()
+
+
+def atari_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """§7.5 ale-py's vector env (C++ threads) with the PPO paper's Atari preprocessing (DQN's): up
+    to 30 no-ops at a reset, each action held 4 frames (the last 2 max-pooled), 84x84 grayscale, 4
+    frames stacked, (4, 84, 84) uint8; sticky actions as the id says (v5: 0.25). The statistics
+    record whole games' raw scores; training gets rewards clipped to [-1, 1] and lives' ends."""
+    spec = gym.spec(env_id).kwargs  # the id's game and its sticky actions' probability
+    envs = importlib.import_module("ale_py.vector_env").AtariVectorEnv(
+        spec["game"],
+        num_envs,
+        repeat_action_probability=spec["repeat_action_probability"],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        reward_clipping=False,  # (clipped after the statistics)
+        use_fire_reset=False,  # the agent presses FIRE, at a game's start as after a lost life
+    )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    return LifeLossEndsBootstrap(gym.wrappers.vector.ClipReward(envs, -1.0, 1.0))
+
+
+class LifeLossEndsBootstrap(gym.vector.VectorWrapper):
+    """§7.5 a lost life is a termination for training, V = 0 after it (as in the PPO paper's Atari
+    runs), while the game goes on: the statistics recorded inside this wrapper see whole games."""
+
+    def reset(self, **kwargs: object) -> tuple[np.ndarray, dict]:
+        obs, infos = self.env.reset(**kwargs)
+        self.lives = infos["lives"]  # (num_envs,)
+        return obs, infos
+
+    def step(self, actions: np.ndarray) -> tuple:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        life_lost, self.lives = infos["lives"] < self.lives, infos["lives"]  # (a new game: more)
+        return obs, rewards, terminations | life_lost, truncations, infos
+
+
+def make_env(env_id: str, render: bool = False) -> gym.Env:
+    """One env for evaluation: whole games, raw rewards, frames in color if render. For Atari,
+    gymnasium's wrappers (pip install opencv-python-headless) give atari_envs' observations."""
+    register_env(env_id)
+    render_mode = "rgb_array" if render else None
+    if not env_id.startswith("ALE/"):
+        return gym.make(env_id, render_mode=render_mode)
+    frames = gym.spec(env_id).kwargs["max_num_frames_per_episode"]  # its time limit, as in training
+    env = gym.make(env_id, frameskip=1, max_episode_steps=frames, render_mode=render_mode)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84)
+    return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,17 +756,27 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
 def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
     """The first reason the envs do not fit this script or the saved run (or the GIF), or None."""
     env_id, action_space = args.env_id, envs.single_action_space
-    obs_space = envs.single_observation_space
-    if args.capture_gif and "rgb_array" not in envs.metadata.get("render_modes", []):
+    obs_space, metadata, atari = envs.single_observation_space, envs.metadata, "ALE/" in env_id
+    if atari:  # (evaluation steps gymnasium's AtariEnv, which renders; the vector env does not)
+        metadata = importlib.import_module("ale_py.env").AtariEnv.metadata
+    if atari and args.eval_episodes and importlib.util.find_spec("cv2") is None:
+        return "evaluating Atari needs OpenCV: pip install opencv-python-headless"
+    if args.capture_gif and "rgb_array" not in metadata.get("render_modes", []):
         return f"--capture-gif: {env_id} cannot render frames (it has no rgb_array render mode)"
-    if args.capture_gif and (fps := envs.metadata.get("render_fps")) is not None and fps <= 0:
+    if args.capture_gif and (fps := metadata.get("render_fps")) is not None and fps <= 0:
         return f"--capture-gif: {env_id} has render_fps {fps}, not a frame rate (None: 30)"
     if not isinstance(action_space, gym.spaces.Box):
         return f"{SCRIPT} takes Box actions; {env_id} has {action_space} (use ppo_discrete.py)"
     if len(action_space.shape) != 1 or not np.issubdtype(action_space.dtype, np.floating):
         return f"{env_id} has action space {action_space}; ppo_continuous.py takes a 1-D float Box"
-    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
-        return f"the MLP takes a 1-D Box; {env_id} has {obs_space}: wrap it in FlattenObservation"
+    image = len(obs_space.shape or ()) == 3 and obs_space.dtype in (np.uint8, np.bool_)
+    if not (isinstance(obs_space, gym.spaces.Box) and (len(obs_space.shape) == 1 or image)):
+        return (
+            f"the networks take a 1-D Box (an MLP) or images, a uint8 or bool Box (H, W, C) or "
+            f"(C, H, W) (a CNN); {env_id} has {obs_space}: wrap it in FlattenObservation"
+        )
+    if image and (min(obs_space.shape) < 3 or args.norm_obs):  # (the CNN's smallest kernel)
+        return f"images of 3x3 or more, without --norm-obs (they are scaled by /255); {obs_space}"
     spaces = [str(obs_space), str(action_space)]  # (a checkpoint saves them; agent.pt does not)
     if saved is not None and saved.get("spaces", spaces) != spaces:
         return f"the saved run is for spaces {saved['spaces']}; {env_id} has {spaces}"
