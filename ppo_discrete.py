@@ -71,10 +71,11 @@ def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vect
     """§7 num_envs copies of env_id, stepped as one, recording their episodes' raw returns and
     lengths in infos["episode"]. SAME_STEP autoreset: a step that ends an episode returns the next
     one's first observation, and the true last one in infos["final_obs"]; no step spans two
-    episodes. Atari's ids run in ale-py's own vector env (§7.5, either vector_mode)."""
-    register_env(env_id)
+    episodes. ALE/ ids: ale-py's vector env (atari_envs); MinAtar/ ids: minatar registers them."""
     if env_id.startswith("ALE/"):
         return atari_envs(env_id, num_envs)
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        importlib.import_module("minatar.gym").register_envs()
     vector_env = gym.vector.AsyncVectorEnv if vector_mode == "async" else gym.vector.SyncVectorEnv
     envs = vector_env(
         [lambda: gym.make(env_id) for _ in range(num_envs)],
@@ -83,26 +84,20 @@ def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vect
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
-def layer_init(
-    layer: nn.Linear | nn.Conv2d, std: float = np.sqrt(2), bias: float = 0.0
-) -> nn.Module:
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
     """§8.2 orthogonal initialization with gain `std` and a constant bias."""
     torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias)
+    torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
 
-def mlp(
-    in_dim: int, out_dim: int, out_std: float, hidden_sizes: tuple[int, ...], activation: str
-) -> nn.Sequential:
-    """§8.1 an MLP: hidden layers of hidden_sizes (none: linear), each followed by activation
-    ("tanh" or "relu"); §8.2 hidden layers get gain √2, the output layer gain out_std."""
-    sizes, layers = (in_dim, *hidden_sizes), []
+def mlp(in_dim: int, out_dim: int, out_std: float, hidden: tuple[int, ...], act: str) -> nn.Module:
+    """§8.1 an MLP: hidden layers of sizes `hidden` (none: linear), each followed by `act` ("tanh"
+    or "relu"); §8.2 hidden layers get gain √2, the output layer gain out_std."""
+    activation = {"tanh": nn.Tanh, "relu": nn.ReLU}[act]
+    sizes, layers = (in_dim, *hidden), []
     for size_in, size_out in itertools.pairwise(sizes):
-        layers += [
-            layer_init(nn.Linear(size_in, size_out)),
-            {"tanh": nn.Tanh, "relu": nn.ReLU}[activation](),
-        ]
+        layers += [layer_init(nn.Linear(size_in, size_out)), activation()]
     return nn.Sequential(*layers, layer_init(nn.Linear(sizes[-1], out_dim), std=out_std))
 
 
@@ -456,15 +451,11 @@ def evaluate(
         obs, _ = env.reset(seed=args.seed + args.num_envs if episode == 0 else None)
         episodic_return, episode_over = 0.0, False
         while not episode_over:
-            if gif and episode == 0:  # (MinAtar renders 10x10 floats in [0, 1]: scaled to 160x160)
-                frame = np.asarray(env.render())
-                frame = frame if frame.dtype == np.uint8 else (frame * 255).astype(np.uint8)
-                scale = max(1, 160 // frame.shape[1])
-                frames.append(
-                    Image.fromarray(frame).resize(
-                        (frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST
-                    )
-                )
+            if gif and episode == 0:
+                frame = env.render()
+                if frame.dtype != np.uint8:  # (MinAtar's: 10x10, floats in [0, 1]; made 160x160)
+                    frame = np.kron(frame * 255, np.ones((16, 16, 1))).astype(np.uint8)
+                frames.append(Image.fromarray(frame))
             obs_tensor = normalize_obs(obs[None], obs_rms, device)
             with torch.inference_mode():
                 action = agent.get_deterministic_action(obs_tensor)[0].item()
@@ -483,15 +474,7 @@ def evaluate(
     return episodic_returns
 
 
-# Pixels: Atari's envs. A reader of vector observations has read the whole PPO above.
-
-
-def register_env(env_id: str) -> None:
-    """ALE/ and MinAtar/ ids exist once ale-py or minatar registers them (README: Pixels)."""
-    if env_id.startswith("ALE/"):
-        gym.register_envs(importlib.import_module("ale_py"))  # (ale-py registers on import)
-    elif env_id.startswith("MinAtar/") and env_id not in gym.registry:
-        importlib.import_module("minatar.gym").register_envs()
+# Atari's envs. A reader of vector observations has read the whole PPO above.
 
 
 def atari_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
@@ -499,13 +482,13 @@ def atari_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     to 30 no-ops at a reset, each action held 4 frames (the last 2 max-pooled), 84x84 grayscale, 4
     frames stacked, (4, 84, 84) uint8; sticky actions as the id says (v5: 0.25). The statistics
     record whole games' raw scores; training gets rewards clipped to [-1, 1] and lives' ends."""
-    spec = gym.spec(env_id).kwargs  # the id's game and its sticky actions' probability
-    envs = importlib.import_module("ale_py.vector_env").AtariVectorEnv(
-        spec["game"],
+    importlib.import_module("ale_py")  # (it registers the ALE/ ids)
+    envs = gym.make_vec(  # (with the id's game, frame skip, sticky actions and frame limit)
+        env_id,
         num_envs,
-        repeat_action_probability=spec["repeat_action_probability"],
+        vectorization_mode="vector_entry_point",
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        reward_clipping=False,  # (clipped after the statistics)
+        reward_clipping=False,  # (clipped below, after the statistics)
         use_fire_reset=False,  # the agent presses FIRE, at a game's start as after a lost life
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
@@ -527,15 +510,13 @@ class LifeLossEndsBootstrap(gym.vector.VectorWrapper):
         return obs, rewards, terminations | life_lost, truncations, infos
 
 
-def make_env(env_id: str, render: bool = False) -> gym.Env:
-    """One env for evaluation: whole games, raw rewards, frames in color if render. For Atari,
-    gymnasium's wrappers (pip install opencv-python-headless) give atari_envs' observations."""
-    register_env(env_id)
-    render_mode = "rgb_array" if render else None
+def make_env(env_id: str, render: bool) -> gym.Env:
+    """One env for evaluation, frames in color if render. Atari's: gymnasium's wrappers, which give
+    atari_envs' observations bit for bit (pip install opencv-python-headless), whole games."""
     if not env_id.startswith("ALE/"):
-        return gym.make(env_id, render_mode=render_mode)
-    frames = gym.spec(env_id).kwargs["max_num_frames_per_episode"]  # its time limit, as in training
-    env = gym.make(env_id, frameskip=1, max_episode_steps=frames, render_mode=render_mode)
+        return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
+    render_mode = "rgb_array" if render else None
+    env = gym.make(env_id, frameskip=1, max_episode_steps=108_000, render_mode=render_mode)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84)
     return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
 

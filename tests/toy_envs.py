@@ -17,9 +17,11 @@ class ConstantRewardEnv(gym.Env):
     the TimeLimit wrapper truncates it, so the true value of every state is 1 / (1 - gamma)."""
 
     def __init__(
-        self, continuous: bool, obs_shape: tuple[int, ...] = (2,), action_space=None
+        self, continuous: bool, obs_shape: tuple[int, ...] = (2,), action_space=None, dtype=None
     ) -> None:
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=obs_shape, dtype=np.float32)
+        low, high = {None: (-1.0, 1.0), np.uint8: (0, 255), np.bool_: (0, 1)}[dtype]
+        dtype = dtype or np.float32  # (uint8 or bool: an image, for its shapes)
+        self.observation_space = gym.spaces.Box(low, high, shape=obs_shape, dtype=dtype)
         if action_space is not None:
             self.action_space = action_space
         elif continuous:
@@ -29,10 +31,11 @@ class ConstantRewardEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        return np.zeros(self.observation_space.shape, dtype=np.float32), {}
+        return np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype), {}
 
     def step(self, action):
-        return np.zeros(self.observation_space.shape, dtype=np.float32), 1.0, False, False, {}
+        obs = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
+        return obs, 1.0, False, False, {}
 
 
 class NaNObservationEnv(ConstantRewardEnv):
@@ -190,7 +193,10 @@ FAILING_PARTS = ("constructor", "reset", "step")
 ERRORS = ("KeyboardInterrupt", "SystemExit", "SystemExitText", "GeneratorExit", "os._exit")
 WITH_TIME_LIMIT = {
     "ConstantReward": (ConstantRewardEnv, {}),
-    "ImageObservation": (ConstantRewardEnv, {"obs_shape": (4, 4, 3)}),  # (the MLP takes no image)
+    "ImageObservation": (ConstantRewardEnv, {"obs_shape": (4, 4, 3)}),  # (float: not an image)
+    "MatrixObservation": (ConstantRewardEnv, {"obs_shape": (4, 4)}),
+    "TinyImage": (ConstantRewardEnv, {"obs_shape": (2, 2, 1), "dtype": np.uint8}),
+    "UintImage": (ConstantRewardEnv, {"obs_shape": (12, 12, 3), "dtype": np.uint8}),
     "SlowStart": (SlowStartEnv, {}),
     "NoFps": (RenderingEnv, {}),
     "ZeroFps": (ZeroFpsEnv, {}),
