@@ -112,11 +112,14 @@ class ImageInput(nn.Module):
         return (x.permute(0, 3, 1, 2) if self.channels_last else x).float() / self.scale
 
 
-def cnn_encoder(obs_space: gym.spaces.Box) -> tuple[nn.Sequential, int]:
-    """§8.1 the image encoder under actor and critic, and its output size. Channels are first if
+def encoder(obs_space: gym.spaces.Box) -> tuple[nn.Module, int]:
+    """§8.1 what actor and critic read, and its size: vectors as they are; images through a CNN
+    encoder (the one under both networks). Channels are first if
     the first axis is the shorter of first and last ((4, 84, 84) Atari), else last ((10, 10, 4)
     MinAtar). Frames 36 pixels a side or more: the PPO paper's Atari CNN (Nature CNN, Mnih et al.
     2015); smaller: the MinAtar paper's (Young & Tian 2019). ReLUs; §8.2 gain √2."""
+    if len(obs_space.shape) == 1:
+        return nn.Identity(), obs_space.shape[0]
     shape, channels_last = obs_space.shape, obs_space.shape[0] >= obs_space.shape[-1]
     channels, height, width = (shape[2], shape[0], shape[1]) if channels_last else shape
     if min(height, width) >= 36:  # (in, out, kernel, stride): 32 8x8 /4, 64 4x4 /2, 64 3x3 /1
@@ -128,8 +131,7 @@ def cnn_encoder(obs_space: gym.spaces.Box) -> tuple[nn.Sequential, int]:
         layers += [layer_init(nn.Conv2d(c_in, c_out, kernel, stride)), nn.ReLU()]
     layers.append(nn.Flatten())
     flat = nn.Sequential(*layers)(torch.zeros((1, *shape))).shape[1]  # (1, flat) for one image
-    order = "last" if channels_last else "first"
-    print(f"images {shape} {obs_space.dtype}, channels {order}: CNN of {units} features")
+    print(f"images {shape} {obs_space.dtype}, channels {'last' if channels_last else 'first'}")
     return nn.Sequential(*layers, layer_init(nn.Linear(flat, units)), nn.ReLU()), units
 
 
@@ -140,12 +142,8 @@ class Agent(nn.Module):
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
         obs_space = envs.single_observation_space
-        if len(obs_space.shape) == 3:  # images: one CNN under both, and linear heads on it
-            self.encoder, features = cnn_encoder(obs_space)
-            hidden_sizes: tuple[int, ...] = ()
-        else:  # vectors: each network reads the observation itself
-            self.encoder, features = nn.Identity(), int(np.prod(obs_space.shape))
-            hidden_sizes = args.hidden_sizes
+        self.encoder, features = encoder(obs_space)  # vectors: none; images: a CNN under both
+        hidden_sizes = args.hidden_sizes if len(obs_space.shape) == 1 else ()  # (linear heads)
         self.critic = mlp(features, 1, 1.0, hidden_sizes, args.activation)
         num_actions = int(envs.single_action_space.n)
         self.actor = mlp(features, num_actions, 0.01, hidden_sizes, args.activation)  # the logits
@@ -731,10 +729,8 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
         )
     image = len(obs_space.shape or ()) == 3 and obs_space.dtype in (np.uint8, np.bool_)
     if not (isinstance(obs_space, gym.spaces.Box) and (len(obs_space.shape) == 1 or image)):
-        return (
-            f"the networks take a 1-D Box (an MLP) or images, a uint8 or bool Box (H, W, C) or "
-            f"(C, H, W) (a CNN); {env_id} has {obs_space}: wrap it in FlattenObservation"
-        )
+        hint = "a 1-D Box (see FlattenObservation) or a uint8/bool image, (H, W, C) or (C, H, W)"
+        return f"the networks take {hint}; {env_id} has {obs_space}"
     if image and (min(obs_space.shape) < 3 or args.norm_obs):  # (the CNN's smallest kernel)
         return f"images of 3x3 or more, without --norm-obs (they are scaled by /255); {obs_space}"
     spaces = [str(obs_space), str(action_space)]  # (a checkpoint saves them; agent.pt does not)

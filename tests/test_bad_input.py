@@ -12,7 +12,7 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--env-id", "NoSuchEnv-v0"], "cannot make env 'NoSuchEnv-v0'"),
     (["--env-id", "no_such_module:Foo-v0"], "No module named 'no_such_module'"),
     (["--env-id", "toy_envs:ImageObservation{kind}-v0"], "the networks take a 1-D Box"),
-    (["--env-id", "toy_envs:MatrixObservation{kind}-v0"], "or images, a uint8 or bool Box"),
+    (["--env-id", "toy_envs:MatrixObservation{kind}-v0"], "or a uint8/bool image"),
     (["--env-id", "toy_envs:TinyImage{kind}-v0"], "images of 3x3 or more"),
     (["--env-id", "toy_envs:UintImage{kind}-v0", "--norm-obs"], "without --norm-obs"),
     (["--num-envs", "0"], "--num-envs must be positive"),

@@ -41,7 +41,7 @@ def image_space(shape: tuple[int, ...], dtype: type) -> gym.spaces.Box:
 )
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_the_encoder_fits_the_image(script, shape, dtype, channels, features):
-    encoder, size = import_script(script).cnn_encoder(image_space(shape, dtype))
+    encoder, size = import_script(script).encoder(image_space(shape, dtype))
     first_conv = next(layer for layer in encoder if isinstance(layer, torch.nn.Conv2d))
     assert first_conv.in_channels == channels and size == features
     batch = torch.randint(0, 2, (5, *shape)).to(torch.uint8 if dtype == np.uint8 else torch.bool)
@@ -55,8 +55,8 @@ def test_uint8_is_scaled_once_and_channels_last_is_channels_first_transposed(scr
     permute belongs, changes them."""
     module = import_script(script)
     torch.manual_seed(0)
-    last, _ = module.cnn_encoder(image_space((40, 36, 3), np.uint8))
-    first, _ = module.cnn_encoder(image_space((3, 40, 36), np.bool_))  # (bool: no scaling)
+    last, _ = module.encoder(image_space((40, 36, 3), np.uint8))
+    first, _ = module.encoder(image_space((3, 40, 36), np.bool_))  # (bool: no scaling)
     first.load_state_dict(last.state_dict())
     images = torch.randint(0, 256, (2, 40, 36, 3), dtype=torch.uint8)  # (batch, H, W, C)
     by_hand = images.permute(0, 3, 1, 2).double() / 255  # (batch, C, H, W) in [0, 1]
