@@ -185,15 +185,20 @@ def test_atari_evaluation_env_sees_what_training_sees():
     training.close()
 
 
+def two_iterations(tmp_path, capsys, script: str, env_id: str, eval_episodes: str) -> tuple:
+    """Two iterations of 2 envs x 64 steps of env_id: the run directory and what it printed."""
+    flags = ["--env-id", env_id, "--num-envs", "2", "--num-steps", "64", *SMALL]
+    flags += ["--total-timesteps", "256", "--eval-episodes", eval_episodes]
+    run_dir = run_in(tmp_path, script, *flags)
+    assert len(scalars(run_dir)["losses/policy_loss"]) == 2
+    return run_dir, capsys.readouterr().out
+
+
 @needs["minatar"]
 def test_minatar_learns_end_to_end_resumes_and_evaluates_with_a_gif(tmp_path, capsys):
-    flags = ["--env-id", "MinAtar/Breakout-v1", "--num-envs", "4", "--num-steps", "64", *SMALL]
-    run_dir = run_in(
-        tmp_path, "ppo_discrete.py", *flags, "--total-timesteps", "512", "--eval-episodes", "1"
-    )
-    assert "channels last" in capsys.readouterr().out
-    assert len(scalars(run_dir)["losses/policy_loss"]) == 2
-    run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir), "--total-timesteps", "1024")
+    run_dir, out = two_iterations(tmp_path, capsys, "ppo_discrete.py", "MinAtar/Breakout-v1", "1")
+    assert "images (10, 10, 4) bool, channels last" in out
+    run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir), "--total-timesteps", "512")
     assert len(scalars(run_dir)["losses/policy_loss"]) == 4  # resumed: two more iterations
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path / "eval", "ppo_discrete.py", "--eval-only", str(run_dir), "--capture-gif")
@@ -204,9 +209,5 @@ def test_minatar_learns_end_to_end_resumes_and_evaluates_with_a_gif(tmp_path, ca
 
 @needs["box2d"]
 def test_car_racing_trains_through_the_encoder(tmp_path, capsys):
-    flags = ["--env-id", "CarRacing-v3", "--num-envs", "2", "--num-steps", "64", *SMALL]
-    run_dir = run_in(
-        tmp_path, "ppo_continuous.py", *flags, "--total-timesteps", "256", "--eval-episodes", "0"
-    )
-    assert "images (96, 96, 3) uint8, channels last" in capsys.readouterr().out
-    assert len(scalars(run_dir)["losses/policy_loss"]) == 2
+    _, out = two_iterations(tmp_path, capsys, "ppo_continuous.py", "CarRacing-v3", "0")
+    assert "images (96, 96, 3) uint8, channels last" in out
