@@ -113,11 +113,11 @@ class ImageInput(nn.Module):
 
 
 def encoder(obs_space: gym.spaces.Box) -> tuple[nn.Module, int]:
-    """§8.1 what actor and critic read, and its size: vectors as they are; images through a CNN
-    encoder (the one under both networks). Channels are first if
-    the first axis is the shorter of first and last ((4, 84, 84) Atari), else last ((10, 10, 4)
-    MinAtar). Frames 36 pixels a side or more: the PPO paper's Atari CNN (Nature CNN, Mnih et al.
-    2015); smaller: the MinAtar paper's (Young & Tian 2019). ReLUs; §8.2 gain √2."""
+    """§8.1 what actor and critic read, and its size: vectors as they are; images through one CNN
+    under both networks. Channels are first if the first axis is the shorter of first and last
+    ((4, 84, 84) Atari), else last ((10, 10, 4) MinAtar). Frames 36 pixels a side or more: the
+    PPO paper's Atari CNN (Nature CNN, Mnih et al. 2015); smaller: the MinAtar paper's (Young &
+    Tian 2019). ReLUs; §8.2 gain √2."""
     if len(obs_space.shape) == 1:
         return nn.Identity(), obs_space.shape[0]
     shape, channels_last = obs_space.shape, obs_space.shape[0] >= obs_space.shape[-1]
