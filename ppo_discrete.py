@@ -49,7 +49,7 @@ class Args:
     target_kl: float | None = None  # stop an update once the approximate KL (§10.1) exceeds it
     norm_obs: bool = False  # observations are normalized by running mean and variance (§8.5)
     norm_reward: bool = False  # rewards are divided by the running std of discounted returns (§8.5)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # the widths of the networks' hidden layers (§8.1)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # the MLPs' hidden layers (§8.1; images: a CNN)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
 
     # The run: its name, randomness, hardware and outputs.
@@ -71,14 +71,12 @@ def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vect
     """§7 num_envs copies of env_id, stepped as one, recording their episodes' raw returns and
     lengths in infos["episode"]. SAME_STEP autoreset: a step that ends an episode returns the next
     one's first observation, and the true last one in infos["final_obs"]; no step spans two
-    episodes. ALE/ ids: ale-py's vector env (atari_envs); MinAtar/ ids: minatar registers them."""
+    episodes. Atari's ids (ALE/...) run in ale-py's own vector env (atari_envs)."""
     if env_id.startswith("ALE/"):
         return atari_envs(env_id, num_envs)
-    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
-        importlib.import_module("minatar.gym").register_envs()
     vector_env = gym.vector.AsyncVectorEnv if vector_mode == "async" else gym.vector.SyncVectorEnv
     envs = vector_env(
-        [lambda: gym.make(env_id) for _ in range(num_envs)],
+        [lambda: make_env(env_id, render=False) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
@@ -253,10 +251,11 @@ def train(
     and evaluated; returns the agent. Alone, train() makes its envs and writer (runs/...). Part 2
     passes its own, on_start(what training changes, by name), which returns the iteration and
     global step the loop continues after, and on_iteration_end(iteration, global_step)."""
-    torch.set_num_threads(1)  # tiny MLPs gain nothing from more, and lose much on a busy machine
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # torch draws every random number (actions, minibatches)
     envs = make_envs(args.env_id, args.num_envs, args.vector_mode) if envs is None else envs
+    # Tiny MLPs gain nothing from more threads and lose much on a busy machine; a CNN gains.
+    torch.set_num_threads(1 if len(envs.single_observation_space.shape) == 1 else os.cpu_count())
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}") if writer is None else writer
     table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
@@ -286,7 +285,7 @@ def train(
 
     start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
-    # (num_envs, obs_dim); env i is seeded seed + i + global_step (a resumed run: new episodes)
+    # (num_envs, *obs_shape); env i is seeded seed + i + global_step (a resumed run: new episodes)
     next_obs = normalize_obs(envs.reset(seed=args.seed + global_step)[0], obs_rms, device)
     discounted_return = np.zeros(num_envs)  # (num_envs,) for reward scaling (§8.5)
 
@@ -323,7 +322,7 @@ def train(
             # value of each one's true last observation, normalized as the agent sees it.
             if truncated.any():
                 truncated_envs = np.flatnonzero(truncated)
-                final_obs = np.stack(infos["final_obs"][truncated_envs])  # (truncated, obs_dim)
+                final_obs = np.stack(infos["final_obs"][truncated_envs])  # (truncated, *obs_shape)
                 final_obs = normalize_obs(final_obs, obs_rms, device)
                 with torch.inference_mode():
                     final_values[step, truncated_envs] = agent.get_value(final_obs).cpu().numpy()
@@ -451,7 +450,7 @@ def evaluate(
         while not episode_over:
             if gif and episode == 0:
                 frame = env.render()
-                if frame.dtype != np.uint8:  # (MinAtar's: 10x10, floats in [0, 1]; made 160x160)
+                if frame.dtype != np.uint8:  # (MinAtar's: 10x10 floats in [0, 1]; pixels 16x16)
                     frame = np.kron(frame * 255, np.ones((16, 16, 1))).astype(np.uint8)
                 frames.append(Image.fromarray(frame))
             obs_tensor = normalize_obs(obs[None], obs_rms, device)
@@ -472,11 +471,8 @@ def evaluate(
     return episodic_returns
 
 
-# Atari's envs. A reader of vector observations has read the whole PPO above.
-
-
 def atari_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """§7.5 ale-py's vector env (C++ threads) with the PPO paper's Atari preprocessing (DQN's): up
+    """(A reader of vector observations has read the whole PPO above.) §7.5 ale-py's vector env (C++ threads) with the PPO paper's Atari preprocessing (DQN's): up
     to 30 no-ops at a reset, each action held 4 frames (the last 2 max-pooled), 84x84 grayscale, 4
     frames stacked, (4, 84, 84) uint8; sticky actions as the id says (v5: 0.25). The statistics
     record whole games' raw scores; training gets rewards clipped to [-1, 1] and lives' ends."""
@@ -509,8 +505,12 @@ class LifeLossEndsBootstrap(gym.vector.VectorWrapper):
 
 
 def make_env(env_id: str, render: bool) -> gym.Env:
-    """One env for evaluation, frames in color if render. Atari's: gymnasium's wrappers, which give
-    atari_envs' observations bit for bit (pip install opencv-python-headless), whole games."""
+    """One env (frames in color if render): make_envs' copies, and evaluation's. Atari's, for
+    evaluation: gymnasium's wrappers with ale-py's vector env's settings, which give atari_envs'
+    observations bit for bit (pip install opencv-python-headless), whole games. MinAtar's ids
+    exist once minatar registers them (in an async worker too)."""
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        importlib.import_module("minatar.gym").register_envs()
     if not env_id.startswith("ALE/"):
         return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     render_mode = "rgb_array" if render else None
@@ -714,7 +714,8 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
 def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
     """The first reason the envs do not fit this script or the saved run (or the GIF), or None."""
     env_id, action_space = args.env_id, envs.single_action_space
-    obs_space, metadata, atari = envs.single_observation_space, envs.metadata, "ALE/" in env_id
+    obs_space, metadata = envs.single_observation_space, envs.metadata
+    atari = env_id.startswith("ALE/")
     if atari:  # (evaluation steps gymnasium's AtariEnv, which renders; the vector env does not)
         metadata = importlib.import_module("ale_py.env").AtariEnv.metadata
     if atari and args.eval_episodes and importlib.util.find_spec("cv2") is None:
