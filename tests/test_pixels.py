@@ -97,22 +97,17 @@ def test_images_are_stored_and_updated_in_their_own_dtype(tmp_path, monkeypatch,
     assert seen == {(torch.uint8, True), (torch.uint8, False)}
 
 
-def atari_run(tmp_path, *flags: str):
-    """Two iterations of 4 envs x 512 steps of Space Invaders (a random game: about 700 steps,
-    3 lives, a few hundred points), a whole-game evaluation, and its logged scalars."""
-    budget = ["--num-envs", "4", "--num-steps", "512", "--total-timesteps", "4096"]
-    run_dir = run_in(
-        tmp_path, "ppo_discrete.py", "--env-id", "ALE/SpaceInvaders-v5", *budget, *SMALL, *flags
-    )
-    return run_dir, scalars(run_dir)
-
-
 @needs["ale-py"]
 @needs["opencv-python-headless"]
 def test_atari_logs_raw_scores_of_whole_games(tmp_path):
-    """Training's clipped rewards (at most 1 a step) and per-life episodes would log returns of a
-    few points over a few hundred steps; whole games' raw scores are hundreds over 500+ steps."""
-    run_dir, logged = atari_run(tmp_path, "--eval-episodes", "1", "--capture-gif")
+    """Two iterations of 4 envs x 512 steps of Space Invaders (a random game: about 700 steps, 3
+    lives, a few hundred points), a whole-game evaluation and its GIF. Training's clipped rewards
+    (at most 1 a step) and per-life episodes would log returns of a few points over a few hundred
+    steps; whole games' raw scores are hundreds over 500+ steps."""
+    flags = ["--env-id", "ALE/SpaceInvaders-v5", "--num-envs", "4", "--num-steps", "512", *SMALL]
+    flags += ["--total-timesteps", "4096", "--eval-episodes", "1", "--capture-gif"]
+    run_dir = run_in(tmp_path, "ppo_discrete.py", *flags)
+    logged = scalars(run_dir)
     returns, lengths = logged["charts/episodic_return"], logged["charts/episodic_length"]
     assert returns and max(returns) > 50 and min(lengths) > 300
     assert all(score % 5 == 0 for score in returns)  # (Space Invaders scores 5 to 200 a hit)
