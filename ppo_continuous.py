@@ -275,8 +275,10 @@ def train(
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # torch draws every random number (actions, minibatches)
     envs = make_envs(args.env_id, args.num_envs, args.vector_mode) if envs is None else envs
-    # Tiny MLPs gain nothing from more threads and lose much on a busy machine; a CNN gains.
-    torch.set_num_threads(1 if len(envs.single_observation_space.shape) == 1 else os.cpu_count())
+    # Tiny MLPs gain nothing from more threads and lose much on a busy machine; a CNN gains, and
+    # keeps torch's default: the cores this process may use (os.cpu_count() ignores affinity).
+    if len(envs.single_observation_space.shape) == 1:
+        torch.set_num_threads(1)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}") if writer is None else writer
     table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())

@@ -1,6 +1,6 @@
-"""The wall of an image run with torch at 1 thread against all cores (what train() sets for
-images), alternating the order, each run a whole process. train() gives vectors 1 thread (README:
-Results); this measures what the CNN's convolutions gain from the rest.
+"""The wall of an image run with torch at 1 thread against all cores (torch's default, which
+train() keeps for images), alternating the order, each run a whole process. train() gives vectors
+1 thread (README: Results); this measures what the CNN's convolutions gain from the rest.
 
     pip install minatar ale-py opencv-python-headless
     python benchmarks/cnn_threads.py --env-id MinAtar/Breakout-v1 --total-timesteps 20480
@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "ppo_discrete.py"
-# One run: train() with torch.set_num_threads replaced by a fixed count (argv[1]), then its flags.
+# One run: torch at a fixed thread count (argv[1]), then the script with its flags.
 RUN = """import runpy, sys, torch
-threads, set_threads = int(sys.argv.pop(1)), torch.set_num_threads
-torch.set_num_threads = lambda count: set_threads(threads)
+torch.set_num_threads(int(sys.argv.pop(1)))
 runpy.run_path({script!r}, run_name="__main__")
 """
 
