@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
-from PIL import Image
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -60,8 +59,6 @@ class Args:
     seed: int = 1  # seed of the experiment (torch's generator and the environments)
     cuda: bool = False  # run the networks on the GPU if there is one (tiny MLPs: the CPU is faster)
     vector_mode: Literal["sync", "async"] = "sync"  # async: each env in a process of its own (§7)
-    save_model: bool = False  # save the agent (and its statistics) to runs/{run_name}/agent.pt
-    capture_gif: bool = False  # write the first evaluation episode to runs/{run_name}/episode.gif
     eval_episodes: int = 10  # the number of deterministic evaluation episodes after training
 
 
@@ -75,15 +72,27 @@ def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vect
     """§7 num_envs copies of env_id, stepped as one, recording their episodes' raw returns and
     lengths in infos["episode"]. SAME_STEP autoreset: a step that ends an episode returns the next
     one's first observation, and the true last one in infos["final_obs"]; no step spans two
-    episodes. Atari's ids (ALE/...) run in ale-py's own vector env (atari_envs)."""
-    if env_id.startswith("ALE/"):
-        return atari_envs(env_id, num_envs)
-    vector_env = gym.vector.AsyncVectorEnv if vector_mode == "async" else gym.vector.SyncVectorEnv
-    envs = vector_env(
-        [lambda: make_env(env_id, render=False) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    episodes."""
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    if env_id.startswith("ALE/"):  # §7.5 ale-py's own vector env (C++ threads), (4, 84, 84) uint8
+        importlib.import_module("ale_py")  # (it registers the ALE/ ids)
+        envs = gym.make_vec(  # (with the id's game, frame skip, sticky actions and frame limit)
+            env_id,
+            num_envs,
+            vectorization_mode="vector_entry_point",
+            autoreset_mode=same_step,
+            reward_clipping=False,  # (clipped below, after the statistics)
+            use_fire_reset=False,  # the agent presses FIRE, at a game's start as after a lost life
+        )
+    else:
+        async_mode = vector_mode == "async"
+        vector_env = gym.vector.AsyncVectorEnv if async_mode else gym.vector.SyncVectorEnv
+        copies = [lambda: make_env(env_id, render=False) for _ in range(num_envs)]
+        envs = vector_env(copies, autoreset_mode=same_step)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    if env_id.startswith("ALE/"):  # §7.5 training's rewards clipped to [-1, 1]; lives' ends
+        envs = LifeLossEndsBootstrap(gym.wrappers.vector.ClipReward(envs, -1.0, 1.0))
+    return envs
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -103,38 +112,33 @@ def mlp(in_dim: int, out_dim: int, out_std: float, hidden: tuple[int, ...], act:
     return nn.Sequential(*layers, layer_init(nn.Linear(sizes[-1], out_dim), std=out_std))
 
 
-class ImageInput(nn.Module):
-    """§8.1 images as a CNN takes them: float (uint8 / 255: the one scaling), channels first."""
+class CNN(nn.Module):
+    """§8.1 the image encoder, one under both actor and critic. Channels are first if the first
+    axis is the shorter of first and last ((4, 84, 84) Atari), else last ((10, 10, 4) MinAtar).
+    Frames 36 pixels a side or more: the PPO paper's Atari CNN (Nature CNN, Mnih et al. 2015);
+    smaller: the MinAtar paper's (Young & Tian 2019). ReLUs; §8.2 gain √2."""
 
-    def __init__(self, channels_last: bool, scale: float) -> None:
+    def __init__(self, obs_space: gym.spaces.Box) -> None:
         super().__init__()
-        self.channels_last, self.scale = channels_last, scale
+        shape, self.channels_last = obs_space.shape, obs_space.shape[0] >= obs_space.shape[-1]
+        channels, height, width = (shape[2], shape[0], shape[1]) if self.channels_last else shape
+        self.scale = 255.0 if obs_space.dtype == np.uint8 else 1.0  # (bool: 0 or 1 already)
+        if min(height, width) >= 36:  # (in, out, kernel, stride): 32 8x8 /4, 64 4x4 /2, 64 3x3 /1
+            convs, self.features = [(channels, 32, 8, 4), (32, 64, 4, 2), (64, 64, 3, 1)], 512
+        else:  # 16 3x3 /1
+            convs, self.features = [(channels, 16, 3, 1)], 128
+        layers = []
+        for c_in, c_out, kernel, stride in convs:
+            layers += [layer_init(nn.Conv2d(c_in, c_out, kernel, stride)), nn.ReLU()]
+        layers.append(nn.Flatten())
+        flat = nn.Sequential(*layers)(torch.zeros(1, channels, height, width)).shape[1]  # (1, flat)
+        self.net = nn.Sequential(*layers, layer_init(nn.Linear(flat, self.features)), nn.ReLU())
+        order = "last" if self.channels_last else "first"
+        print(f"images {shape} {obs_space.dtype}, channels {order}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, C, H, W) or (batch, H, W, C)
-        return (x.permute(0, 3, 1, 2) if self.channels_last else x).float() / self.scale
-
-
-def encoder(obs_space: gym.spaces.Box) -> tuple[nn.Module, int]:
-    """§8.1 what actor and critic read, and its size: vectors as they are; images through one CNN
-    under both networks. Channels are first if the first axis is the shorter of first and last
-    ((4, 84, 84) Atari), else last ((10, 10, 4) MinAtar). Frames 36 pixels a side or more: the
-    PPO paper's Atari CNN (Nature CNN, Mnih et al. 2015); smaller: the MinAtar paper's (Young &
-    Tian 2019). ReLUs; §8.2 gain √2."""
-    if len(obs_space.shape) == 1:
-        return nn.Identity(), obs_space.shape[0]
-    shape, channels_last = obs_space.shape, obs_space.shape[0] >= obs_space.shape[-1]
-    channels, height, width = (shape[2], shape[0], shape[1]) if channels_last else shape
-    if min(height, width) >= 36:  # (in, out, kernel, stride): 32 8x8 /4, 64 4x4 /2, 64 3x3 /1
-        convs, units = [(channels, 32, 8, 4), (32, 64, 4, 2), (64, 64, 3, 1)], 512
-    else:  # 16 3x3 /1
-        convs, units = [(channels, 16, 3, 1)], 128
-    layers = [ImageInput(channels_last, 255.0 if obs_space.dtype == np.uint8 else 1.0)]
-    for c_in, c_out, kernel, stride in convs:
-        layers += [layer_init(nn.Conv2d(c_in, c_out, kernel, stride)), nn.ReLU()]
-    layers.append(nn.Flatten())
-    flat = nn.Sequential(*layers)(torch.zeros((1, *shape))).shape[1]  # (1, flat) for one image
-    print(f"images {shape} {obs_space.dtype}, channels {'last' if channels_last else 'first'}")
-    return nn.Sequential(*layers, layer_init(nn.Linear(flat, units)), nn.ReLU()), units
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, *obs_shape) -> (batch, features)
+        x = x.permute(0, 3, 1, 2) if self.channels_last else x  # (batch, C, H, W)
+        return self.net(x.float() / self.scale)  # uint8 / 255: the one scaling
 
 
 class Agent(nn.Module):
@@ -144,12 +148,13 @@ class Agent(nn.Module):
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
         obs_space = envs.single_observation_space
-        self.encoder, features = encoder(obs_space)  # vectors: none; images: a CNN under both
-        hidden_sizes = args.hidden_sizes if len(obs_space.shape) == 1 else ()  # (linear heads)
+        vectors = len(obs_space.shape) == 1  # (else images: one CNN under both, linear heads)
+        self.encoder = nn.Identity() if vectors else CNN(obs_space)
+        features = obs_space.shape[0] if vectors else self.encoder.features
+        hidden_sizes = args.hidden_sizes if vectors else ()
         action_dim = int(np.prod(envs.single_action_space.shape))
         self.critic = mlp(features, 1, 1.0, hidden_sizes, args.activation)
-        # The actor outputs each action dimension's mean, and its log-std if state-dependent.
-        outputs = 2 * action_dim if args.state_dependent_std else action_dim
+        outputs = 2 * action_dim if args.state_dependent_std else action_dim  # means (log-stds)
         self.actor = mlp(features, outputs, 0.01, hidden_sizes, args.activation)
         logstd = torch.full((1, action_dim), args.init_logstd)  # (1, action_dim)
         self.actor_logstd = None if args.state_dependent_std else nn.Parameter(logstd)
@@ -160,11 +165,9 @@ class Agent(nn.Module):
     def get_mean_and_logstd(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """§8.3 the Normal policy's mean and log-std, (batch, action_dim) each."""
         if self.actor_logstd is None:
-            action_mean, action_logstd = self.actor(features).chunk(2, dim=-1)
-        else:
-            action_mean = self.actor(features)
-            action_logstd = self.actor_logstd.expand_as(action_mean)
-        return action_mean, action_logstd
+            return self.actor(features).chunk(2, dim=-1)
+        action_mean = self.actor(features)
+        return action_mean, self.actor_logstd.expand_as(action_mean)
 
     def get_deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
         return self.get_mean_and_logstd(self.encoder(x))[0]  # the mean, (batch, action_dim)
@@ -193,18 +196,9 @@ def normalize_obs(
 ) -> torch.Tensor:
     """§8.5 the agent's input: (obs - mean) / std clipped to ±NORM_CLIP (if rms), float32; images
     (batch, *image_shape) keep their uint8 or bool (a quarter of float32's memory or less)."""
-    if obs.ndim == 4:
-        return torch.tensor(obs, device=device)
     if rms is not None:
         obs = np.clip((obs - rms.mean) / np.sqrt(rms.var + EPSILON), -NORM_CLIP, NORM_CLIP)
-    return torch.tensor(obs, dtype=torch.float32, device=device)
-
-
-def statistics_state(rms: RunningMeanStd | None) -> dict[str, torch.Tensor] | None:
-    """§8.5 running statistics as float64 tensors, which torch.save writes with the agent."""
-    if rms is None:
-        return None
-    return {name: torch.tensor(value, dtype=torch.float64) for name, value in vars(rms).items()}
+    return torch.tensor(obs, dtype=torch.float32 if obs.ndim == 2 else None, device=device)
 
 
 def compute_gae(
@@ -267,16 +261,16 @@ def train(
     writer: SummaryWriter | None = None,
     on_start: Callable[[dict], tuple[int, int]] | None = None,
     on_iteration_end: Callable[[int, int], None] | None = None,
+    on_eval_step: Callable[[gym.Env], None] | None = None,
 ) -> Agent:
-    """§9 PPO for args.total_timesteps env steps, logged to TensorBoard, then saved (--save-model)
-    and evaluated; returns the agent. Alone, train() makes its envs and writer (runs/...). Part 2
-    passes its own, on_start(what training changes, by name), which returns the iteration and
-    global step the loop continues after, and on_iteration_end(iteration, global_step)."""
+    """§9 PPO for args.total_timesteps env steps, logged to TensorBoard, then evaluated; returns
+    the agent. Alone, train() makes its envs and writer (runs/...). Part 2 passes its own,
+    on_start(what training changes, by name), which returns the iteration and global step the
+    loop continues after, on_iteration_end(iteration, global_step) and evaluate's on_step."""
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # torch draws every random number (actions, minibatches)
     envs = make_envs(args.env_id, args.num_envs, args.vector_mode) if envs is None else envs
-    # Tiny MLPs gain nothing from more threads and lose much on a busy machine; a CNN gains, and
-    # keeps torch's default: the cores this process may use (os.cpu_count() ignores affinity).
+    # Tiny MLPs lose to threads on a busy machine; a CNN keeps torch's default (the allowed cores).
     if len(envs.single_observation_space.shape) == 1:
         torch.set_num_threads(1)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -350,13 +344,10 @@ def train(
                 with torch.inference_mode():
                     final_values[step, truncated_envs] = agent.get_value(final_obs).cpu().numpy()
 
-            # RecordEpisodeStatistics puts the finished episodes' raw stats in infos["episode"].
-            if "episode" in infos:
-                episode = infos["episode"]
-                for i in np.flatnonzero(infos["_episode"]):
-                    recent_returns.append(float(episode["r"][i]))
-                    writer.add_scalar("charts/episodic_return", episode["r"][i], global_step)
-                    writer.add_scalar("charts/episodic_length", episode["l"][i], global_step)
+            for i in np.flatnonzero(infos.get("_episode", [])):  # RecordEpisodeStatistics': raw
+                recent_returns.append(float(infos["episode"]["r"][i]))
+                writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
+                writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
         # env steps per second while collecting: the env's cost plus the policy's
         rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
@@ -443,39 +434,30 @@ def train(
             on_iteration_end(iteration, global_step)  # Part 2: checkpoints, processes, signals
 
     envs.close()
-    if args.save_model:  # the agent, and the statistics its observations are normalized by
-        statistics = statistics_state(obs_rms)
-        agent_file = {"args": asdict(args), "model": agent.state_dict(), "obs_rms": statistics}
-        torch.save(agent_file, f"{writer.log_dir}/agent.pt")
-        print(f"model saved to {writer.log_dir}/agent.pt")
     if args.eval_episodes > 0:
-        gif = f"{writer.log_dir}/episode.gif" if args.capture_gif else None
-        eval_returns = evaluate(agent, args, device, obs_rms, gif)
+        eval_returns = evaluate(agent, args, obs_rms, on_eval_step)
         writer.add_scalar("eval/episodic_return", np.mean(eval_returns), global_step)
     writer.close()
     return agent
 
 
 def evaluate(
-    agent: Agent, args: Args, device: torch.device, obs_rms: RunningMeanStd | None, gif: str | None
+    agent: Agent, args: Args, obs_rms: RunningMeanStd | None, on_step: Callable | None = None
 ) -> list[float]:
     """Runs args.eval_episodes deterministic episodes (the policy's mode) on a fresh env, seeded
-    past the training envs, statistics frozen; prints, returns their returns; the first to `gif`."""
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # frames need no window (nor SDL's error)
-    env = make_env(args.env_id, render=gif is not None)
+    past the training envs, statistics frozen; prints, returns their returns. Before each step of
+    the first: on_step(env), which may render it (Part 2: --capture-gif)."""
+    device, env = next(agent.parameters()).device, make_env(args.env_id, on_step is not None)
     if env.spec.max_episode_steps is None:  # no time limit: its episodes end at 10,000 steps
         env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
-    episodic_returns, frames = [], []
+    episodic_returns = []
     for episode in range(args.eval_episodes):
         # The first episode is seeded; the later ones continue its RNG.
         obs, _ = env.reset(seed=args.seed + args.num_envs if episode == 0 else None)
         episodic_return, episode_over = 0.0, False
         while not episode_over:
-            if gif and episode == 0:
-                frame = env.render()
-                if frame.dtype != np.uint8:  # (MinAtar's: 10x10 floats in [0, 1]; pixels 16x16)
-                    frame = np.kron(frame * 255, np.ones((16, 16, 1))).astype(np.uint8)
-                frames.append(Image.fromarray(frame))
+            if on_step and episode == 0:
+                on_step(env)
             obs_tensor = normalize_obs(obs[None], obs_rms, device)
             with torch.inference_mode():
                 action = agent.get_deterministic_action(obs_tensor)[0].cpu().numpy()
@@ -484,54 +466,28 @@ def evaluate(
             episodic_return += float(reward)
             episode_over = terminated or truncated
         episodic_returns.append(episodic_return)
-    if gif:
-        frame_ms = 1000 / (env.metadata.get("render_fps") or 30)  # (an env may give none)
-        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
-        print(f"gif saved to {gif}")
     env.close()
     mean, std = np.mean(episodic_returns), np.std(episodic_returns)
     print(f"eval: mean return {mean:.1f} ± {std:.1f} over {len(episodic_returns)} episodes")
     return episodic_returns
 
 
-def atari_envs(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """(A reader of vector observations has read the whole PPO above.) §7.5 ale-py's vector env (C++ threads) with the PPO paper's Atari preprocessing (DQN's): up
-    to 30 no-ops at a reset, each action held 4 frames (the last 2 max-pooled), 84x84 grayscale, 4
-    frames stacked, (4, 84, 84) uint8; sticky actions as the id says (v5: 0.25). The statistics
-    record whole games' raw scores; training gets rewards clipped to [-1, 1] and lives' ends."""
-    importlib.import_module("ale_py")  # (it registers the ALE/ ids)
-    envs = gym.make_vec(  # (with the id's game, frame skip, sticky actions and frame limit)
-        env_id,
-        num_envs,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        reward_clipping=False,  # (clipped below, after the statistics)
-        use_fire_reset=False,  # the agent presses FIRE, at a game's start as after a lost life
-    )
-    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
-    return LifeLossEndsBootstrap(gym.wrappers.vector.ClipReward(envs, -1.0, 1.0))
-
-
 class LifeLossEndsBootstrap(gym.vector.VectorWrapper):
     """§7.5 a lost life is a termination for training, V = 0 after it (as in the PPO paper's Atari
     runs), while the game goes on: the statistics recorded inside this wrapper see whole games."""
 
-    def reset(self, **kwargs: object) -> tuple[np.ndarray, dict]:
-        obs, infos = self.env.reset(**kwargs)
-        self.lives = infos["lives"]  # (num_envs,)
-        return obs, infos
+    lives = 0  # (num_envs,) after a step; none is lost at the first, nor by a new game (more)
 
     def step(self, actions: np.ndarray) -> tuple:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
-        life_lost, self.lives = infos["lives"] < self.lives, infos["lives"]  # (a new game: more)
+        life_lost, self.lives = infos["lives"] < self.lives, infos["lives"]
         return obs, rewards, terminations | life_lost, truncations, infos
 
 
 def make_env(env_id: str, render: bool) -> gym.Env:
     """One env (frames in color if render): make_envs' copies, and evaluation's. Atari's, for
-    evaluation: gymnasium's wrappers with ale-py's vector env's settings, which give atari_envs'
-    observations bit for bit (pip install opencv-python-headless), whole games. MinAtar's ids
-    exist once minatar registers them (in an async worker too)."""
+    evaluation, gives make_envs' observations bit for bit with gymnasium's wrappers (and OpenCV),
+    whole games. MinAtar's ids exist once minatar registers them (in an async worker too)."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         importlib.import_module("minatar.gym").register_envs()
     if not env_id.startswith("ALE/"):
@@ -554,9 +510,10 @@ import shlex
 import signal
 import sys
 import traceback
-from dataclasses import fields, replace
+from dataclasses import field, fields, replace
 
 import torch.distributed as dist
+from PIL import Image
 from typeguard import TypeCheckError, check_type
 
 try:  # the run directory's lock: fcntl's on POSIX, msvcrt's on Windows
@@ -566,7 +523,7 @@ except ImportError:
     import msvcrt
 
 SCRIPT = os.path.basename(__file__)
-# agent.pt (written by train) holds what evaluation needs; checkpoint.pt adds the rest of training.
+# agent.pt (--save-model) holds what evaluation needs; checkpoint.pt adds the rest of training.
 AGENT_KEYS = ("args", "model", "obs_rms")
 CHECKPOINT_KEYS = (*AGENT_KEYS, "script", "spaces", "optimizer", "iteration", "global_step", "rng")
 # Ctrl-C, a cluster's or kill's request, a closed terminal (POSIX); one ignored (nohup) stays so
@@ -585,6 +542,8 @@ class RunArgs(Args):
     eval_every: int = 0  # also evaluate every N iterations of training (0: after it only)
     checkpoint_every: int = 0  # also write checkpoint.pt every N iterations (README: Long runs)
     resume: str | None = None  # a run directory (or its checkpoint.pt): continue that run
+    save_model: bool = False  # also write agent.pt (model, statistics) with each checkpoint.pt
+    capture_gif: bool = False  # write the first evaluation episode to {run directory}/episode.gif
     eval_only: str | None = None  # an agent.pt or checkpoint.pt (or its run directory): evaluate it
     track: bool = False  # sync the run to Weights & Biases (CleanRL's --track; pip install wandb)
     wandb_project_name: str = "ppo"  # the W&B project of --track
@@ -596,6 +555,7 @@ def main() -> dict:
     for signum in STOP_SIGNALS:  # exit at once, 128 + signal, no traceback (training: see LongRun)
         signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
     args = tyro.cli(RunArgs)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # rendered frames need no window (nor SDL)
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches a pipe or a log file at once
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     saved_path, saved = args.resume if args.resume is not None else args.eval_only, None
@@ -635,8 +595,12 @@ def main() -> dict:
         args = replace(args, save_model=False)
         lock = claim_run_dir(saved_dir, args) if args.capture_gif else None  # (its GIF goes there)
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
+        gif = Gif(f"{saved_dir}/episode.gif") if args.capture_gif else None
+        on_eval_step = gif.add if gif else None
         try:
-            train(args, envs, NoLog(saved_dir), load_saved_agent)
+            train(args, envs, NoLog(saved_dir), load_saved_agent, on_eval_step=on_eval_step)
+            if gif:
+                gif.write()
         except Exception as e:  # noqa: BLE001 (the env's code, the disk)
             sys.exit(f"error: evaluation failed: {one_line(e)}")
         finally:
@@ -674,9 +638,13 @@ def main() -> dict:
         # shift also gives rank r its own action noise and minibatch order. Rank 0 alone saves.
         seed = args.seed + rank * (args.num_envs // world_size)
         args = replace(args, seed=seed, save_model=False, capture_gif=False, eval_episodes=0)
+    gif = Gif(f"{run_dir}/episode.gif") if args.capture_gif else None
     try:
         with long_run:
-            train(args, FiniteCheck(envs), long_run.writer, long_run.start, long_run.end_iteration)
+            hooks = (long_run.start, long_run.end_iteration, gif.add if gif else None)
+            train(args, FiniteCheck(envs), long_run.writer, *hooks)
+            if gif:
+                gif.write()
         if args.track and args.capture_gif:  # (rank 0's GIF: the others capture none)
             wandb.log({"eval/episode": wandb.Video(f"{run_dir}/episode.gif")})
     except BaseException as e:  # (the env's code may raise anything: even KeyboardInterrupt)
@@ -915,6 +883,30 @@ def write_atomically(path: str, write: Callable[..., object]) -> None:
 
 
 @dataclass
+class Gif:
+    """--capture-gif: the frames of evaluation's first episode (MinAtar's, 10x10 floats in [0, 1]:
+    uint8, 16x16 pixels each), written to `path` atomically when evaluation is over."""
+
+    path: str
+    frames: list = field(default_factory=list)
+    fps: float | None = None  # the env's (None: 30)
+
+    def add(self, env: gym.Env) -> None:  # evaluate's on_step
+        frame, self.fps = env.render(), env.metadata.get("render_fps")  # (height, width, 3)
+        if frame.dtype != np.uint8:
+            frame = np.kron(frame * 255, np.ones((16, 16, 1))).astype(np.uint8)
+        self.frames.append(Image.fromarray(frame))
+
+    def write(self) -> None:
+        first, gif = self.frames[0], {"append_images": self.frames[1:], "loop": 0}
+        frame_ms = 1000 / (self.fps or 30)
+        write_atomically(
+            self.path, lambda f: first.save(f, "GIF", save_all=True, duration=frame_ms, **gif)
+        )
+        print(f"gif saved to {self.path}")
+
+
+@dataclass
 class NoLog:
     """The writer of torchrun's ranks but 0 and of --eval-only: log_dir takes train()'s files."""
 
@@ -1003,13 +995,17 @@ class LongRun:
         every, model, obs_rms = self.args.eval_every, self.trained["model"], self.trained["obs_rms"]
         if self.rank == 0 and every and iteration % every == 0 and not last:  # (train() does last)
             self.stop_at_once = True
-            returns = evaluate(model, self.args, next(model.parameters()).device, obs_rms, None)
+            returns = evaluate(model, self.args, obs_rms)
             self.writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
         self.stop_at_once = last  # (after the last: train()'s evaluation)
 
     def write(self) -> None:
+        """checkpoint.pt, and (--save-model) agent.pt: what evaluation needs of the same state."""
         if self.rank == 0 and self.state is not None:
             write_atomically(f"{self.run_dir}/checkpoint.pt", lambda f: torch.save(self.state, f))
+            if self.args.save_model:
+                agent_file = {key: self.state[key] for key in AGENT_KEYS}
+                write_atomically(f"{self.run_dir}/agent.pt", lambda f: torch.save(agent_file, f))
             self.written_at = time.monotonic()
 
     def __enter__(self) -> None:
@@ -1021,9 +1017,6 @@ class LongRun:
         stopped = self.stopped_by is not None and self.state is not None  # (None: before train)
         try:
             self.write()
-            if stopped and self.rank == 0 and self.args.save_model:
-                agent_file = {key: self.state[key] for key in AGENT_KEYS}
-                write_atomically(f"{self.run_dir}/agent.pt", lambda f: torch.save(agent_file, f))
         finally:
             for signum, handler in self.handlers.items():
                 signal.signal(signum, handler)
@@ -1037,6 +1030,13 @@ class LongRun:
             self.stopped_by = signum
             sys.exit(128 + signum)
         self.signal = signum
+
+
+def statistics_state(rms: RunningMeanStd | None) -> dict[str, torch.Tensor] | None:
+    """§8.5 running statistics as float64 tensors, which torch.save writes with the agent."""
+    if rms is None:
+        return None
+    return {name: torch.tensor(value, dtype=torch.float64) for name, value in vars(rms).items()}
 
 
 def one_line(error: Exception) -> str:

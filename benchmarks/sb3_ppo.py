@@ -6,7 +6,8 @@ The hyperparameters are not restated here: they are the script's own `Args`, its
 any of its flags given here (parsed by the script's tyro), so the two implementations cannot drift
 apart. The network is SB3's MlpPolicy shaped as ours: separate actor and critic of
 `--hidden-sizes` and `--activation` (64-64 tanh), orthogonal init, log-std starting at
-`--init-logstd` (0); no gSDE. Evaluation follows the scripts' `evaluate` exactly (same seeds, same
+`--init-logstd` (0); no gSDE. Images: SB3's Atari wrappers and CnnPolicy for ALE/ ids, our
+MinAtar CNN for MinAtar/ ids (make_env_and_policy). Evaluation follows the scripts' `evaluate` exactly (same seeds, same
 deterministic episodes) and is printed in the same format, and --curve writes one JSON line per
 evaluation: {"step": ..., "return": ...}.
 """
@@ -15,16 +16,20 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
+import gymnasium as gym
 import numpy as np
 import torch
 import tyro
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 from torch import nn
 
 # the scripts' directory instead of this one, whose mujoco.py would shadow the mujoco package
@@ -37,7 +42,7 @@ def evaluate_sb3(model: PPO, script, args, episodes: int) -> list[float]:
     agent = SB3Agent(model, env if isinstance(env, VecNormalize) else None)
     args = replace(args, eval_episodes=episodes)  # (evaluate seeds the env with seed + num_envs)
     # obs_rms None: SB3Agent normalizes observations itself, with SB3's statistics
-    return script.evaluate(agent, args, torch.device("cpu"), None, None)
+    return script.evaluate(agent, args, None)
 
 
 class SB3Agent:
@@ -45,6 +50,9 @@ class SB3Agent:
 
     def __init__(self, model: PPO, vec_normalize: VecNormalize | None) -> None:
         self.model, self.vec_normalize = model, vec_normalize
+
+    def parameters(self) -> Iterator[torch.Tensor]:  # (evaluate finds the device in them)
+        return self.model.policy.parameters()
 
     def get_deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         obs = obs.numpy()
@@ -74,6 +82,50 @@ class EvaluateEvery(BaseCallback):
         self.rollouts += 1
 
 
+class MinAtarCNN(BaseFeaturesExtractor):
+    """The scripts' CNN for small frames (the MinAtar paper's): 16 3x3 filters, 128 units, on
+    (H, W, C) bool frames, which SB3 passes as they are (it transposes only uint8 images)."""
+
+    def __init__(self, observation_space: gym.spaces.Box) -> None:
+        super().__init__(observation_space, features_dim=128)
+        height, width, channels = observation_space.shape
+        flat = 16 * (height - 2) * (width - 2)
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 128), nn.ReLU()
+        )
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.net(observations.permute(0, 3, 1, 2))
+
+
+def make_env_and_policy(script: ModuleType, args: object) -> tuple[VecEnv, str, dict]:
+    """SB3's vector env and policy for the script's env: MlpPolicy shaped as the scripts' MLPs;
+    Atari (ALE/ ids): SB3's Atari wrappers (30 no-ops, frame skip 4 with max-pooling, 84x84 gray,
+    a lost life ends an episode for training, FIRE at a reset, rewards clipped) over ALE's single
+    frames, 4 stacked, and CnnPolicy (the Nature CNN, linear heads); MinAtar: MinAtarCNN."""
+    if args.env_id.startswith("ALE/"):
+        gym.register_envs(importlib.import_module("ale_py"))
+        kwargs = {"frameskip": 1}  # (SB3's wrapper skips frames; the id keeps sticky actions)
+        env = make_atari_env(args.env_id, args.num_envs, args.seed, env_kwargs=kwargs)
+        return VecFrameStack(env, 4), "CnnPolicy", {}  # (torch's default threads, as ours)
+    if args.env_id.startswith("MinAtar/"):
+        importlib.import_module("minatar.gym").register_envs()
+        env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed)
+        return env, "MlpPolicy", {"features_extractor_class": MinAtarCNN, "net_arch": []}
+    torch.set_num_threads(1)  # as the scripts do for vectors: equal CPU use
+    policy_kwargs = {
+        "net_arch": {"pi": list(args.hidden_sizes), "vf": list(args.hidden_sizes)},
+        "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation],
+        "ortho_init": True,
+        "log_std_init": getattr(args, "init_logstd", 0.0),  # (ppo_discrete.py has none)
+    }
+    return (
+        make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed),
+        "MlpPolicy",
+        policy_kwargs,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--script", required=True, choices=["ppo_continuous.py", "ppo_discrete.py"])
@@ -83,9 +135,7 @@ def main() -> None:
 
     script = importlib.import_module(cli.script.removesuffix(".py"))
     args = tyro.cli(script.Args, args=script_flags)
-    torch.set_num_threads(1)  # as the scripts do: equal CPU use
-
-    env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed)
+    env, policy, policy_kwargs = make_env_and_policy(script, args)
     if args.norm_obs or args.norm_reward:
         env = VecNormalize(
             env,
@@ -97,7 +147,7 @@ def main() -> None:
         )
     lr = args.learning_rate
     model = PPO(
-        "MlpPolicy",
+        policy,
         env,
         learning_rate=(lambda remaining: remaining * lr) if args.anneal_lr else lr,
         n_steps=args.num_steps,
@@ -112,12 +162,7 @@ def main() -> None:
         vf_coef=args.vf_coef,
         max_grad_norm=args.max_grad_norm,
         target_kl=args.target_kl,
-        policy_kwargs={
-            "net_arch": {"pi": list(args.hidden_sizes), "vf": list(args.hidden_sizes)},
-            "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation],
-            "ortho_init": True,
-            "log_std_init": getattr(args, "init_logstd", 0.0),  # (ppo_discrete.py has none)
-        },
+        policy_kwargs=policy_kwargs,
         seed=args.seed,
         device="cpu",
     )

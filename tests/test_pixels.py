@@ -41,9 +41,9 @@ def image_space(shape: tuple[int, ...], dtype: type) -> gym.spaces.Box:
 )
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_the_encoder_fits_the_image(script, shape, dtype, channels, features):
-    encoder, size = import_script(script).encoder(image_space(shape, dtype))
-    first_conv = next(layer for layer in encoder if isinstance(layer, torch.nn.Conv2d))
-    assert first_conv.in_channels == channels and size == features
+    encoder = import_script(script).CNN(image_space(shape, dtype))
+    first_conv = next(layer for layer in encoder.net if isinstance(layer, torch.nn.Conv2d))
+    assert first_conv.in_channels == channels and encoder.features == features
     batch = torch.randint(0, 2, (5, *shape)).to(torch.uint8 if dtype == np.uint8 else torch.bool)
     assert encoder(batch).shape == (5, features)
 
@@ -55,12 +55,12 @@ def test_uint8_is_scaled_once_and_channels_last_is_channels_first_transposed(scr
     permute belongs, changes them."""
     module = import_script(script)
     torch.manual_seed(0)
-    last, _ = module.encoder(image_space((40, 36, 3), np.uint8))
-    first, _ = module.encoder(image_space((3, 40, 36), np.bool_))  # (bool: no scaling)
+    last = module.CNN(image_space((40, 36, 3), np.uint8))
+    first = module.CNN(image_space((3, 40, 36), np.bool_))  # (bool: no scaling)
     first.load_state_dict(last.state_dict())
     images = torch.randint(0, 256, (2, 40, 36, 3), dtype=torch.uint8)  # (batch, H, W, C)
     by_hand = images.permute(0, 3, 1, 2).double() / 255  # (batch, C, H, W) in [0, 1]
-    expected = torch.nn.Sequential(*list(first)[1:]).double()(by_hand)  # (without ImageInput)
+    expected = first.net.double()(by_hand)  # (its layers, without the scaling and permute)
     assert torch.allclose(last(images).double(), expected, atol=1e-5)
 
 
