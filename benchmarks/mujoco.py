@@ -21,17 +21,16 @@ ours with CleanRL's, alternating the order, and prints each wall time and the ra
 
 import argparse
 import os
-import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import table
 
 BENCHMARKS = Path(__file__).resolve().parent
 SCRIPT = BENCHMARKS.parent / "ppo_continuous.py"
@@ -68,34 +67,6 @@ def command(
     return ["python", script, "--env-id", env_id, "--seed", str(seed), *flags]
 
 
-def run(one_command: list[str], workdir: Path) -> dict:
-    """One run, in a directory of its own: its final evaluation, last-10% training return, wall."""
-    workdir.mkdir(parents=True)
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *one_command[2:]],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(one_command)} failed: {done.stderr.strip()[-500:]}")
-    evaluation = float(re.search(r"eval: mean return (\S+) ±", done.stdout)[1])
-    (run_dir,) = (workdir / "runs").iterdir()
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    episodes = events.Scalars("charts/episodic_return")
-    last_tenth = [e.value for e in episodes if e.step > 0.9 * episodes[-1].step]
-    return {"eval": evaluation, "train": statistics.mean(last_tenth), "wall": wall}
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.0f} ± {std:.0f}"
-
-
 def speed(repeats: int) -> None:
     """HalfCheetah-v5, 100k steps: ours against SB3 with the same hyperparameters, and against
     ours with CleanRL's setting."""
@@ -124,50 +95,21 @@ def speed(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", nargs="+", default=ENVS)
     # (the README's report seeds; Hopper-v5's also 301-303, since its learning rate of its own)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[201, 202, 203])
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    parser.add_argument("--workdir", default="mujoco_runs", help="where each run writes")
-    parser.add_argument("--print-command", action="store_true", help="print one run's command")
+    table.add_arguments(parser, ENVS, [201, 202, 203])
     parser.add_argument(
         "--speed", action="store_true", help="HalfCheetah-v5, 100k steps (only --repeats applies)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="of each command, for --speed")
-    parser.add_argument("--total-timesteps", type=int, help="instead of the setting's 1M")
-    parser.add_argument("--flags", default="", help="more flags, e.g. a sweep's: '--gamma 0.98'")
     parser.add_argument(
         "--cleanrl", action="store_true", help="CleanRL's setting (the sweep's base)"
     )
     cli = parser.parse_args()
-    setting = CLEANRL if cli.cleanrl else SETTING
     if cli.speed:
         speed(cli.repeats)
         return
-    if cli.print_command:
-        if len(cli.envs) != 1 or len(cli.seeds) != 1:
-            sys.exit("error: --print-command takes one env and one seed")
-        print(
-            shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps, cli.flags, setting))
-        )
-        return
-    workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")
-    cases = [(env_id, seed) for env_id in cli.envs for seed in cli.seeds]
-    commands = [command(*case, cli.total_timesteps, cli.flags, setting) for case in cases]
-    workdirs = [workdir / f"{env_id}__{seed}" for env_id, seed in cases]
-    with ThreadPoolExecutor(max_workers=cli.jobs) as pool:
-        results = list(pool.map(run, commands, workdirs))
-    print(f"runs in {workdir}; one: {shlex.join(commands[0])}")
-    print("| env | seeds | eval (mean ± std over seeds) | train, last 10% | wall per run |")
-    print("|---|---|---|---|---|")
-    for env_id in cli.envs:
-        rows = [result for (env, _), result in zip(cases, results) if env == env_id]
-        walls = ", ".join(f"{row['wall']:.0f} s" for row in rows)
-        evals = ", ".join(f"{row['eval']:.0f}" for row in rows)
-        print(
-            f"| {env_id} | {' '.join(map(str, cli.seeds))} | {mean_std([r['eval'] for r in rows])} "
-            f"({evals}) | {mean_std([r['train'] for r in rows])} | {walls} |"
-        )
+    setting = CLEANRL if cli.cleanrl else SETTING
+    table.main(cli, partial(command, setting=setting))
 
 
 if __name__ == "__main__":

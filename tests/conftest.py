@@ -4,6 +4,7 @@ import importlib
 import os
 import runpy
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("ppo_continuous.py", "ppo_discrete.py")
 ACTION_KIND = {"ppo_continuous.py": "Box", "ppo_discrete.py": "Discrete"}  # of the toy envs
 sys.path.insert(0, str(ROOT))  # the scripts import as modules, e.g. `import ppo_continuous`
+# benchmarks/table.py, which the benchmarks import (appended: mujoco.py there is not the package)
+sys.path.append(str(ROOT / "benchmarks"))
 
 
 def import_script(script: str) -> ModuleType:
@@ -40,6 +43,11 @@ def run_in(workdir: Path, script: str, *args: str) -> Path:
             signal.signal(signum, handler)
     (run_dir,) = (workdir / "runs").iterdir()
     return run_dir
+
+
+def stdout_of(command: list[str], cwd: Path) -> str:
+    """What a command prints, run as a process in cwd (a failure raises)."""
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ benchmarks/mujoco.py runs and prints what it says."""
 import re
 import runpy
 import shlex
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_in, scalars
+from conftest import ROOT, run_in, scalars, stdout_of
 
 pytest.importorskip("mujoco", reason="gymnasium[mujoco] is not installed")
 
@@ -39,10 +38,6 @@ def test_halfcheetah_trains_saves_and_evaluates_from_the_saved_agent(run_script,
         )
     printed = capsys.readouterr().out
     assert f"eval: mean return {logged['eval/episodic_return'][0]:.1f} ±" in printed
-
-
-def stdout_of(command: list[str], cwd) -> str:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout
 
 
 def test_the_mujoco_benchmark_prints_a_runs_command_and_its_evaluation(tmp_path):

@@ -4,12 +4,16 @@ need their packages (tests/requirements.txt installs them) and are skipped, sayi
 
 import importlib.util
 import re
+import runpy
+import shlex
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ACTION_KIND, SCRIPTS, import_script, run_in, scalars
+from conftest import ACTION_KIND, ROOT, SCRIPTS, import_script, run_in, scalars, stdout_of
 
 needs = {  # a test of an optional env family runs where its package is installed
     package: pytest.mark.skipif(
@@ -206,3 +210,34 @@ def test_minatar_learns_end_to_end_resumes_and_evaluates_with_a_gif(tmp_path, ca
 def test_car_racing_trains_through_the_encoder(tmp_path, capsys):
     _, out = two_iterations(tmp_path, capsys, "ppo_continuous.py", "CarRacing-v3", "0")
     assert "images (96, 96, 3) uint8, channels last" in out
+
+
+@needs["minatar"]
+def test_the_pixels_benchmark_prints_commands_a_table_and_curves(tmp_path):
+    """benchmarks/pixels.py: an id's family gives its setting; --print-command prints one run's
+    command alone; a short MinAtar run prints the env's row with each seed's evaluation (the
+    printed command reproduces it) and --plot draws the curves; other ids are refused."""
+    module = runpy.run_path(str(ROOT / "benchmarks" / "pixels.py"))  # (not run as __main__)
+    benchmark = [sys.executable, str(ROOT / "benchmarks" / "pixels.py")]
+    for env_id, setting in (("ALE/Breakout-v5", "ATARI"), ("MinAtar/Freeway-v1", "MINATAR")):
+        printed = stdout_of([*benchmark, "--print-command", "--envs", env_id, "--seeds", "7"], ROOT)
+        assert printed.count("\n") == 1
+        command = ["python", "ppo_discrete.py", "--env-id", env_id, "--seed", "7"]
+        assert shlex.split(printed) == [*command, *module[setting], "--save-model"]
+    small = "--num-envs 4 --num-steps 128 --num-minibatches 2 --update-epochs 1 --eval-episodes 2"
+    short = ["--envs", "MinAtar/Breakout-v1", "--total-timesteps", "1024", "--flags", small]
+    printed = stdout_of([*benchmark, *short, "--seeds", "3", "--print-command"], ROOT)
+    command = shlex.split(printed)
+    plot, workdir = tmp_path / "curves.png", ["--workdir", str(tmp_path / "bench")]
+    table = stdout_of(
+        [*benchmark, *short, "--seeds", "3", "4", *workdir, "--plot", str(plot)], ROOT
+    )
+    (row,) = [line for line in table.splitlines() if line.startswith("| MinAtar/Breakout-v1 |")]
+    evaluations = row.split("|")[3].split("(")[1].rstrip(") ").split(", ")  # each seed's
+    assert len(evaluations) == 2 and plot.stat().st_size > 0
+    rerun = stdout_of([sys.executable, str(ROOT / command[1]), *command[2:]], cwd=tmp_path)
+    rerun_evaluation = float(re.search(r"eval: mean return (\S+) ±", rerun)[1])
+    assert f"{rerun_evaluation:.1f}" == evaluations[0]
+    refused = [*benchmark, "--envs", "CartPole-v1"]
+    refused = subprocess.run(refused, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: CartPole-v1 is neither")
