@@ -570,8 +570,17 @@ def main() -> dict:
     if (error := args_error(args, world_size)) is not None:
         sys.exit(f"error: {error}")
     saved_dir = os.path.dirname(saved_path or "") or "."  # the saved run's directory
-    if args.resume is not None:
-        exit_if_resume_would_not_train(args, saved, saved_path)
+    # --resume takes a run's checkpoint.pt (a copy's would be overwritten; README: resume a copy)
+    if args.resume is not None and os.path.basename(saved_path) != "checkpoint.pt":
+        sys.exit(f"error: --resume takes a run directory or its checkpoint.pt, not {saved_path}")
+    if args.resume is not None and saved["iteration"] >= iterations_of(args):  # nothing to train
+        iteration, steps = saved["iteration"], saved["global_step"]
+        more = f"resume with --total-timesteps {steps + args.num_envs * args.num_steps} or more"
+        done = f"{saved_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
+        if iteration > iterations_of(args):  # (trained beyond the budget)
+            sys.exit(f"error: {done}: {more}")
+        print(f"{done}: {next_command(args, saved_dir, iteration)}, or {more}")
+        sys.exit(0)  # (a job that resubmits itself until done ends here)
     # async workers inherit the stop signals blocked (POSIX): Ctrl-C does not end them mid-step
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -596,9 +605,8 @@ def main() -> dict:
         lock = claim_run_dir(saved_dir, args) if args.capture_gif else None  # (its GIF goes there)
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
         gif = Gif(f"{saved_dir}/episode.gif") if args.capture_gif else None
-        on_eval_step = gif.add if gif else None
         try:
-            train(args, envs, NoLog(saved_dir), load_saved_agent, on_eval_step=on_eval_step)
+            train(args, envs, NoLog(), load_saved_agent, on_eval_step=gif.add if gif else None)
             if gif:
                 gif.write()
         except Exception as e:  # noqa: BLE001 (the env's code, the disk)
@@ -637,7 +645,7 @@ def main() -> dict:
     if rank > 0:  # envs r * n + j (n = num_envs / K), seeded as one process seeds them; the seed
         # shift also gives rank r its own action noise and minibatch order. Rank 0 alone saves.
         seed = args.seed + rank * (args.num_envs // world_size)
-        args = replace(args, seed=seed, save_model=False, capture_gif=False, eval_episodes=0)
+        args = replace(args, seed=seed, capture_gif=False, eval_episodes=0)
     gif = Gif(f"{run_dir}/episode.gif") if args.capture_gif else None
     try:
         with long_run:
@@ -705,10 +713,9 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
 def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
     """The first reason the envs do not fit this script or the saved run (or the GIF), or None."""
     env_id, action_space = args.env_id, envs.single_action_space
-    obs_space, metadata = envs.single_observation_space, envs.metadata
-    atari = env_id.startswith("ALE/")
-    if atari:  # (evaluation steps gymnasium's AtariEnv, which renders; the vector env does not)
-        metadata = importlib.import_module("ale_py.env").AtariEnv.metadata
+    obs_space, atari = envs.single_observation_space, env_id.startswith("ALE/")
+    # (Atari: evaluation steps gymnasium's AtariEnv, which renders; the vector env does not)
+    metadata = importlib.import_module("ale_py.env").AtariEnv.metadata if atari else envs.metadata
     if atari and args.eval_episodes and importlib.util.find_spec("cv2") is None:
         return "evaluating Atari needs OpenCV: pip install opencv-python-headless"
     if args.capture_gif and "rgb_array" not in metadata.get("render_modes", []):
@@ -757,21 +764,6 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
     if ":" in env and args.env_id != env:  # (args.env_id: typed, or the default)
         raise ValueError(f"the saved env {env} imports a module: trust it with --env-id {env}")
     return typed
-
-
-def exit_if_resume_would_not_train(args: RunArgs, saved: dict, path: str) -> None:
-    """--resume takes a run's checkpoint.pt (a copy's would be overwritten), iterations left."""
-    if os.path.basename(path) != "checkpoint.pt":  # (the README says how to resume a copy)
-        sys.exit(f"error: --resume takes a run directory or its checkpoint.pt, not {path}")
-    iteration, steps = saved["iteration"], saved["global_step"]
-    if iteration >= iterations_of(args):  # (complete, or trained beyond the budget)
-        run_dir, more = os.path.dirname(path) or ".", steps + args.num_envs * args.num_steps
-        done = f"{run_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
-        if iteration > iterations_of(args):
-            sys.exit(f"error: {done}: resume with --total-timesteps {more} or more")
-        command = next_command(args, run_dir, iteration)
-        print(f"{done}: {command}, or resume with --total-timesteps {more} or more")
-        sys.exit(0)  # (nothing to train: a job that resubmits itself until done ends here)
 
 
 def next_command(args: RunArgs, run_dir: str, iteration: int) -> str:
@@ -850,14 +842,13 @@ def load_states(saved: dict, objects: dict) -> None:
                     raise ValueError(f"its shape is {tuple(saved[name]['mean'].shape)}")
                 obj.mean, obj.var = saved[name]["mean"].numpy(), saved[name]["var"].numpy()
                 obj.count = float(saved[name]["count"])
-                continue
-            if isinstance(obj, torch.optim.Optimizer):  # (fused Adam: memory errors on misfits)
-                params = [param for group in obj.param_groups for param in group["params"]]
-                for index, state in saved[name]["state"].items():
-                    for value in state.values():
-                        if value.dim() > 0 and value.shape != params[index].shape:
-                            raise ValueError(f"moments of shape {tuple(value.shape)}")
-            if obj is not None:
+            elif obj is not None:  # a network or an optimizer
+                if isinstance(obj, torch.optim.Optimizer):  # (fused Adam: memory errors on misfits)
+                    params = [param for group in obj.param_groups for param in group["params"]]
+                    for index, state in saved[name]["state"].items():
+                        for value in state.values():
+                            if value.dim() > 0 and value.shape != params[index].shape:
+                                raise ValueError(f"moments of shape {tuple(value.shape)}")
                 obj.load_state_dict(saved[name])
         except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
             lines = [line.strip() for line in str(e).strip().splitlines()]  # torch's: a heading,
@@ -898,20 +889,16 @@ class Gif:
         self.frames.append(Image.fromarray(frame))
 
     def write(self) -> None:
-        first, gif = self.frames[0], {"append_images": self.frames[1:], "loop": 0}
-        frame_ms = 1000 / (self.fps or 30)
-        write_atomically(
-            self.path, lambda f: first.save(f, "GIF", save_all=True, duration=frame_ms, **gif)
-        )
+        first, frame_ms = self.frames[0], 1000 / (self.fps or 30)
+        gif = {"save_all": True, "append_images": self.frames[1:], "duration": frame_ms, "loop": 0}
+        write_atomically(self.path, lambda f: first.save(f, "GIF", **gif))
         print(f"gif saved to {self.path}")
 
 
-@dataclass
 class NoLog:
-    """The writer of torchrun's ranks but 0 and of --eval-only: log_dir takes train()'s files."""
+    """The writer of torchrun's ranks but 0 and of --eval-only: it logs nothing."""
 
-    log_dir: str
-    add_scalar = add_text = flush = close = staticmethod(lambda *args: None)  # log nothing
+    add_scalar = add_text = flush = close = staticmethod(lambda *args: None)
 
 
 class FiniteCheck(gym.vector.VectorWrapper):
@@ -942,7 +929,7 @@ class LongRun:
         self.state, self.written_at = None, time.monotonic()  # the last boundary's; its last write
         # (a resumed run purges what the stopped process logged after its checkpoint)
         purge_step = None if saved is None else saved["global_step"] + 1
-        self.writer = NoLog(run_dir) if self.rank else SummaryWriter(run_dir, purge_step=purge_step)
+        self.writer = NoLog() if self.rank else SummaryWriter(run_dir, purge_step=purge_step)
 
     def start(self, trained: dict) -> tuple[int, int]:
         """on_start: loads --resume's checkpoint; under torchrun, the ranks become one agent."""
@@ -1014,13 +1001,12 @@ class LongRun:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         for signum in STOP_SIGNALS:  # a signal now would cut the checkpoint short
             signal.signal(signum, signal.SIG_IGN)
-        stopped = self.stopped_by is not None and self.state is not None  # (None: before train)
         try:
             self.write()
         finally:
             for signum, handler in self.handlers.items():
                 signal.signal(signum, handler)
-        if stopped:
+        if self.stopped_by is not None and self.state is not None:  # (None: before train)
             iteration, name = self.state["iteration"], signal.Signals(self.stopped_by).name
             command = next_command(self.args, self.run_dir, iteration)
             print(f"stopped by {name} after iteration {iteration}; {command}")
