@@ -326,7 +326,7 @@ def train(
                 with torch.inference_mode():
                     final_values[step, truncated_envs] = agent.get_value(final_obs).cpu().numpy()
 
-            for i in np.flatnonzero(infos.get("_episode", [])):  # RecordEpisodeStatistics': raw
+            for i in np.flatnonzero(infos.get("_episode", [])):  # ended episodes' raw stats
                 recent_returns.append(float(infos["episode"]["r"][i]))
                 writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                 writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)

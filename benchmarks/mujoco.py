@@ -22,11 +22,7 @@ ours with CleanRL's, alternating the order, and prints each wall time and the ra
 import argparse
 import os
 import shlex
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
@@ -77,20 +73,7 @@ def speed(repeats: int) -> None:
         "SB3": [*sb3, *flags, *SETTING[2:]],
         "ours, CleanRL's setting": [sys.executable, str(SCRIPT), *flags, *CLEANRL[2:]],
     }
-    walls = {name: [] for name in commands}
-    for repeat in range(repeats):
-        order = list(commands) if repeat % 2 == 0 else list(commands)[::-1]
-        for name in order:
-            with tempfile.TemporaryDirectory() as workdir:
-                start = time.perf_counter()
-                subprocess.run(commands[name], cwd=workdir, check=True, capture_output=True)
-                walls[name].append(time.perf_counter() - start)
-    for name, command_line in commands.items():
-        print(f"{name}: {shlex.join(command_line[1:])}")
-        print(f"  wall: {', '.join(f'{wall:.1f} s' for wall in walls[name])}")
-    for name in list(commands)[1:]:
-        ratio = statistics.median(walls[name]) / statistics.median(walls["ours"])
-        print(f"{name} / ours (medians): {ratio:.2f}x")
+    table.compare_walls(commands, repeats)
 
 
 def main() -> None:

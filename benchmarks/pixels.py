@@ -15,17 +15,13 @@ every run's training returns (charts/episodic_return, a moving mean of 100 episo
 steps. --speed runs ALE/Breakout-v5 (16,384 steps) and MinAtar/Breakout-v1 (131,072 steps), with
 their settings and without evaluation, in ours and in SB3 (benchmarks/sb3_ppo.py: CnnPolicy with
 SB3's Atari wrappers; for MinAtar our MinAtar CNN), alternating the order, and prints each wall
-time and the ratios.
+time and the ratios (benchmarks/table.py's compare_walls).
 """
 
 import argparse
 import os
 import shlex
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import table
@@ -94,18 +90,7 @@ def speed(repeats: int) -> None:
         flags = ["--env-id", env_id, *setting(env_id)[2:], "--eval-episodes", "0"]
         flags += ["--total-timesteps", str(steps)]
         commands = {"ours": [sys.executable, str(SCRIPT), *flags], "SB3": [*sb3, *flags]}
-        walls = {name: [] for name in commands}
-        for repeat in range(repeats):
-            for name in list(commands) if repeat % 2 == 0 else list(commands)[::-1]:
-                with tempfile.TemporaryDirectory() as workdir:
-                    start = time.perf_counter()
-                    subprocess.run(commands[name], cwd=workdir, check=True, capture_output=True)
-                    walls[name].append(time.perf_counter() - start)
-        for name, command_line in commands.items():
-            print(f"{name}: {shlex.join(command_line[1:])}")
-            print(f"  wall: {', '.join(f'{wall:.1f} s' for wall in walls[name])}")
-        ratio = statistics.median(walls["SB3"]) / statistics.median(walls["ours"])
-        print(f"{env_id}: SB3 / ours (medians): {ratio:.2f}x")
+        table.compare_walls(commands, repeats)
 
 
 def main() -> None:

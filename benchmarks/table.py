@@ -15,6 +15,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -107,3 +108,23 @@ def main(cli: argparse.Namespace, command: Command, digits: int = 0) -> tuple[li
             f"| {mean_std([row['eval'] for row in rows], digits)} ({evals}) | {trains} | {walls} |"
         )
     return cases, results
+
+
+def compare_walls(commands: dict[str, list[str]], repeats: int) -> None:
+    """Runs each command `repeats` times as a whole process in a fresh directory, alternating the
+    order (a machine's drift favours neither), and prints each wall time and each command's median
+    against the first's."""
+    walls = {name: [] for name in commands}
+    for repeat in range(repeats):
+        for name in list(commands) if repeat % 2 == 0 else list(commands)[::-1]:
+            with tempfile.TemporaryDirectory() as workdir:
+                start = time.perf_counter()
+                subprocess.run(commands[name], cwd=workdir, check=True, capture_output=True)
+                walls[name].append(time.perf_counter() - start)
+    first, *others = commands
+    for name, command_line in commands.items():
+        print(f"{name}: {shlex.join(command_line[1:])}")
+        print(f"  wall: {', '.join(f'{wall:.1f} s' for wall in walls[name])}")
+    for name in others:
+        ratio = statistics.median(walls[name]) / statistics.median(walls[first])
+        print(f"{name} / {first} (medians): {ratio:.2f}x")
