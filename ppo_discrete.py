@@ -331,8 +331,8 @@ def train(
                 writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                 writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-        # env steps per second while collecting: the env's cost plus the policy's
-        rollout_sps = int(args.num_steps * args.num_envs / (time.time() - rollout_start))
+        # env steps per second while collecting (env and policy); a coarse clock may say 0 s
+        rollout_sps = int(args.num_steps * args.num_envs / max(time.time() - rollout_start, 1e-6))
 
         # §9.1 phase 2: advantages and returns
         with torch.inference_mode():
@@ -401,7 +401,7 @@ def train(
         # §10 diagnostics: the losses averaged over every minibatch of the iteration
         var_returns = np.var(returns)  # explained variance: how much of the returns V predicts
         explained_var = np.nan if var_returns == 0 else 1 - np.var(returns - values) / var_returns
-        sps = int((global_step - start_step) / (time.time() - start_time))
+        sps = int((global_step - start_step) / max(time.time() - start_time, 1e-6))
         scalars = {f"losses/{k}": torch.stack(v).mean().item() for k, v in stats.items()}
         scalars["losses/explained_variance"] = explained_var
         scalars["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
@@ -776,7 +776,8 @@ def claim_run_dir(run_dir: str, args: RunArgs) -> int:
     """One process writes into a run directory: it holds run_dir/lock (returned) until it closes
     it or ends, however it ends; another exits. Links planted there are never followed."""
     try:  # (O_NOFOLLOW: POSIX's; msvcrt: Windows's lock)
-        lock = os.open(f"{run_dir}/lock", os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0))
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        lock = os.open(f"{run_dir}/lock", flags, 0o644)  # (not 0o777's default: no executable)
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
@@ -1008,8 +1009,8 @@ def statistics_state(rms: RunningMeanStd | None) -> dict[str, torch.Tensor] | No
 
 
 def one_line(error: Exception) -> str:
-    """An exception as one line: its type and its message's first line, to its first full stop."""
-    message = str(error).strip().split("\n")[0].split(". ")[0].removesuffix(".")
+    """An exception as one line: its type and its message's first line, whole."""
+    message = str(error).strip().split("\n")[0].removesuffix(".")
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 

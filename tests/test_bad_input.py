@@ -83,12 +83,13 @@ def test_box_actions_the_normal_policy_cannot_take_are_refused(run_script, env):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_an_env_module_that_fails_to_import_is_one_line(run_script, tmp_path, monkeypatch, script):
-    (tmp_path / "broken_module.py").write_text("raise RuntimeError('no import today')\n")
+    """The whole first line of the error's message: not cut at its first full stop."""
+    (tmp_path / "broken_module.py").write_text("raise RuntimeError('no import. Try later.')\n")
     monkeypatch.syspath_prepend(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run_script(script, "--env-id", "broken_module:Foo-v0")
     assert exit_info.value.code == (
-        "error: cannot make env 'broken_module:Foo-v0': RuntimeError: no import today"
+        "error: cannot make env 'broken_module:Foo-v0': RuntimeError: no import. Try later"
     )
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import gymnasium as gym
 import pytest
@@ -189,3 +190,12 @@ def test_the_network_flags_shape_both_networks_and_survive_resume(run_script, sc
     subprocess.run([sys.executable, str(ROOT / script), *resume], capture_output=True, check=True)
     resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert resumed["iteration"] == 2 and resumed["model"]["critic.2.weight"].shape == (16, 32)
+
+
+def test_a_clock_that_does_not_move_gives_rates_not_a_division_by_zero(run_script, monkeypatch):
+    """Where the clock ticks coarsely (Windows: every 15.6 ms) an iteration can take 0 s by it:
+    the rates and the ETA survive that, and the lock file the run holds is not executable."""
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    run_dir = run_script("ppo_discrete.py", *TINY)
+    assert len(scalars(run_dir)["charts/SPS"]) == 2
+    assert (run_dir / "lock").stat().st_mode & 0o111 == 0  # (0o644: a lock is no program)
