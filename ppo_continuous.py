@@ -724,8 +724,8 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
         return f"--capture-gif: {env_id} has render_fps {fps}, not a frame rate (None: 30)"
     if not isinstance(action_space, gym.spaces.Box):
         return f"{SCRIPT} takes Box actions; {env_id} has {action_space} (use ppo_discrete.py)"
-    if len(action_space.shape) != 1 or not np.issubdtype(action_space.dtype, np.floating):
-        return f"{env_id} has action space {action_space}; ppo_continuous.py takes a 1-D float Box"
+    if len(action_space.shape) != 1 or action_space.dtype not in (np.float32, np.float64):
+        return f"{env_id} has {action_space}; ppo_continuous.py takes a 1-D float32 or float64 Box"
     image = len(obs_space.shape or ()) == 3 and obs_space.dtype in (np.uint8, np.bool_)
     if not (isinstance(obs_space, gym.spaces.Box) and (len(obs_space.shape) == 1 or image)):
         hint = "a 1-D Box (see FlattenObservation) or a uint8/bool image, (H, W, C) or (C, H, W)"

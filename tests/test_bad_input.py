@@ -74,11 +74,13 @@ def test_wrong_action_space_points_to_the_other_script(run_script, script):
     assert f"use {OTHER_SCRIPT[script]}" in exit_info.value.code
 
 
-@pytest.mark.parametrize("env", ["MatrixActionsBox-v0", "IntegerActionsBox-v0"])
+@pytest.mark.parametrize(
+    "env", ["MatrixActionsBox-v0", "IntegerActionsBox-v0", "HalfActionsBox-v0"]
+)
 def test_box_actions_the_normal_policy_cannot_take_are_refused(run_script, env):
     with pytest.raises(SystemExit) as exit_info:
         run_script("ppo_continuous.py", "--env-id", f"toy_envs:{env}")
-    assert "ppo_continuous.py takes a 1-D float Box" in exit_info.value.code
+    assert "ppo_continuous.py takes a 1-D float32 or float64 Box" in exit_info.value.code
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -180,6 +180,7 @@ gym.register(  # actions 1, 2, 3
 for name, action_space in (
     ("MatrixActionsBox-v0", gym.spaces.Box(-1.0, 1.0, shape=(2, 2))),
     ("IntegerActionsBox-v0", gym.spaces.Box(-3, 3, shape=(1,), dtype=np.int64)),
+    ("HalfActionsBox-v0", gym.spaces.Box(-1, 1, shape=(1,), dtype=np.float16)),
 ):
     gym.register(
         name,
