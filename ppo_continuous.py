@@ -51,7 +51,7 @@ class Args:
     norm_reward: bool = True  # rewards are divided by the running std of discounted returns (§8.5)
     state_dependent_std: bool = False  # the log-std is a network output, not a vector (§8.3)
     init_logstd: float = 0.0  # the log-std's value at the start (§8.3; not state-dependent)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # the MLPs' hidden layers (§8.1; images: a CNN)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # the MLPs' hidden layers (§8.1; none: linear)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
 
     # The run: its name, randomness, hardware and outputs.
@@ -540,7 +540,7 @@ class RunArgs(Args):
     """Proximal Policy Optimization: PPO's flags (Part 1), then those of long runs (Part 2)."""
 
     eval_every: int = 0  # also evaluate every N iterations of training (0: after it only)
-    checkpoint_every: int = 0  # also write checkpoint.pt every N iterations (README: Long runs)
+    checkpoint_every: int = 0  # also write checkpoint.pt every N iterations (always: each minute)
     resume: str | None = None  # a run directory (or its checkpoint.pt): continue that run
     save_model: bool = False  # also write agent.pt (model, statistics) with each checkpoint.pt
     capture_gif: bool = False  # write the first evaluation episode to {run directory}/episode.gif
@@ -655,6 +655,8 @@ def main() -> dict:
                 gif.write()
         if args.track and args.capture_gif:  # (rank 0's GIF: the others capture none)
             wandb.log({"eval/episode": wandb.Video(f"{run_dir}/episode.gif")})
+        files = "TensorBoard logs, checkpoint.pt" + (", agent.pt" if args.save_model else "")
+        print(f"{run_dir}: {files}; {next_command(args, run_dir, iterations_of(args))}")
     except BaseException as e:  # (the env's code may raise anything: even KeyboardInterrupt)
         if isinstance(e, SystemExit) and (long_run.stopped_by or str(e.code).startswith("error")):
             raise  # this script's own ending: a stop (exit 128 + signal), or an error line

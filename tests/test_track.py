@@ -12,7 +12,9 @@ import torch
 from conftest import ROOT, SCRIPTS, scalar_events
 from test_scripts import TINY
 
-wandb_internal_pb2 = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+wandb_internal_pb2 = pytest.importorskip(
+    "wandb.proto.wandb_internal_pb2", reason="needs wandb (pip install wandb)"
+)
 
 # Pendulum's episodes end at 200 steps, CartPole's sooner: two iterations log some of each.
 FLAGS = ["--total-timesteps", "1024", "--num-envs", "2", "--num-steps", "256"]
