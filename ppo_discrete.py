@@ -378,7 +378,7 @@ def train(
                 loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss
 
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()  # §10.1
+                    approx_kl = ((ratio - 1) - logratio).mean()  # §10.1 (no gradient: a gauge)
                     stats["policy_loss"].append(pg_loss.detach())
                     stats["value_loss"].append(v_loss.detach())
                     stats["entropy"].append(entropy_loss.detach())
@@ -753,11 +753,12 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
 def next_command(args: RunArgs, run_dir: str, iteration: int) -> str:
     """What resumes a run stopped after `iteration`, or evaluates it once complete (README)."""
     confirm = f" --env-id {shlex.quote(args.env_id)}" if ":" in args.env_id else ""
-    run_dir = shlex.quote(run_dir) + confirm  # (quoted: a path with spaces, pasted into a shell)
+    # quoted: paths with spaces, pasted into a shell
+    script, run_dir = shlex.quote(sys.argv[0]), shlex.quote(run_dir) + confirm
     if iteration < iterations_of(args):
         launcher = "torchrun [its flags as before]" if "WORLD_SIZE" in os.environ else "python"
-        return f"resume with: {launcher} {sys.argv[0]} --resume {run_dir}"
-    return f"training is complete; evaluate with: python {sys.argv[0]} --eval-only {run_dir}"
+        return f"resume with: {launcher} {script} --resume {run_dir}"
+    return f"training is complete; evaluate with: python {script} --eval-only {run_dir}"
 
 
 def new_run_dir(args: RunArgs) -> str:

@@ -5,6 +5,7 @@ import errno
 import os
 import pickle
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -755,3 +756,16 @@ def test_printed_commands_quote_paths_for_the_shell(saved_runs, tmp_path, capsys
         run_in(tmp_path / "work", "ppo_discrete.py", "--resume", str(run_dir))
     command = f"evaluate with: python {ROOT / 'ppo_discrete.py'} --eval-only '{run_dir}',"
     assert command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_printed_commands_keep_paths_with_spaces_whole_in_a_shell(monkeypatch, script):
+    """The resume and the evaluate command, pasted into a shell: the script's and the run's paths
+    come back whole, spaces and all."""
+    module = import_script(script)
+    monkeypatch.setattr(sys, "argv", [f"my scripts/{script}"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = module.RunArgs()
+    for iteration, flag in ((0, "--resume"), (module.iterations_of(args), "--eval-only")):
+        command = module.next_command(args, "runs/a run", iteration).rsplit("with: ", 1)[1]
+        assert shlex.split(command) == ["python", f"my scripts/{script}", flag, "runs/a run"]
