@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 @dataclass
 class Args:
     env_id: str = "Pendulum-v1"  # a registered env id, or `module:EnvId` (imports module first)
-    total_timesteps: int = 50_000  # env steps, all envs together (whole batches; paper: 1M)
+    total_timesteps: int = 50_000  # env steps, all envs together (whole batches; tuned; paper: 1M)
     learning_rate: float = 3e-3  # the learning rate of the optimizer (§8.4; tuned; paper: 3e-4)
     num_envs: int = 4  # the number of parallel environments (§7; tuned; paper: 1)
     num_steps: int = 512  # the steps of each env per rollout (§7.2 T; tuned; paper: 2048)
@@ -51,10 +51,10 @@ class Args:
     norm_reward: bool = True  # rewards over the running std of discounted returns (§8.5; tuned)
     state_dependent_std: bool = False  # the log-std is a network output, not a vector (§8.3)
     init_logstd: float = 0.0  # the log-std's value at the start (§8.3; not state-dependent)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # the MLPs' hidden layers (§8.1; none: linear)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # MLPs' hidden layers (§8.1; none: linear; not images)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
 
-    # The run: its name, randomness, hardware and outputs.
+    # The run: its name, randomness, hardware and evaluation.
     exp_name: str = os.path.basename(__file__).removesuffix(".py")  # part of the run's directory
     seed: int = 1  # seed of the experiment (torch's generator and the environments)
     cuda: bool = False  # run the networks on the GPU if there is one (tiny MLPs: the CPU is faster)

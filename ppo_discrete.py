@@ -30,13 +30,13 @@ from torch.utils.tensorboard import SummaryWriter
 @dataclass
 class Args:
     env_id: str = "CartPole-v1"  # a registered env id, or `module:EnvId` (imports module first)
-    total_timesteps: int = 30_000  # env steps, all envs together (whole batches; paper: 10M)
+    total_timesteps: int = 30_000  # env steps, all envs together (whole batches; tuned; paper: 10M)
     learning_rate: float = 2e-3  # the learning rate of the optimizer (§8.4; tuned; paper: 2.5e-4)
     num_envs: int = 8  # the number of parallel environments (§7; paper)
     num_steps: int = 32  # the steps of each env per rollout (§7.2 T; tuned; paper: 128)
     anneal_lr: bool = True  # the learning rate decays linearly to zero over the run (§8.4)
     gamma: float = 0.98  # the discount factor gamma (§4.2; tuned; paper: 0.99)
-    gae_lambda: float = 0.8  # the lambda of generalized advantage estimation (§4.3; paper: 0.95)
+    gae_lambda: float = 0.8  # the lambda of GAE (§4.3; tuned; paper: 0.95)
     num_minibatches: int = 1  # each epoch's minibatches (§9.1; tuned; paper: 4, of 256 steps)
     update_epochs: int = 20  # the number of passes over each rollout (§9.2; tuned; paper: 3)
     norm_adv: bool = True  # advantages are normalized per minibatch (§8.6)
@@ -48,10 +48,10 @@ class Args:
     target_kl: float | None = None  # stop an update once the approximate KL (§10.1) exceeds it
     norm_obs: bool = False  # observations are normalized by running mean and variance (§8.5)
     norm_reward: bool = False  # rewards are divided by the running std of discounted returns (§8.5)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # the MLPs' hidden layers (§8.1; none: linear)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # MLPs' hidden layers (§8.1; none: linear; not images)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
 
-    # The run: its name, randomness, hardware and outputs.
+    # The run: its name, randomness, hardware and evaluation.
     exp_name: str = os.path.basename(__file__).removesuffix(".py")  # part of the run's directory
     seed: int = 1  # seed of the experiment (torch's generator and the environments)
     cuda: bool = False  # run the networks on the GPU if there is one (tiny MLPs: the CPU is faster)

@@ -34,7 +34,7 @@ def main() -> None:
     flags = ["--env-id", cli.env_id, "--total-timesteps", str(cli.total_timesteps)]
     flags += ["--num-envs", "8", "--num-steps", "128", "--num-minibatches", "4"]
     flags += ["--update-epochs", "4", "--eval-episodes", "0"]
-    counts = [1, os.cpu_count()]
+    counts = [1, len(os.sched_getaffinity(0))]  # (torch's default: the cores it may use)
     walls = {count: [] for count in counts}
     for repeat in range(cli.repeats):
         for count in counts if repeat % 2 == 0 else counts[::-1]:

@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,17 +43,16 @@ def run(one_command: list[str], workdir: Path, cores: queue.Queue | None = None)
     its training returns (step, return) for curves. On a core of its own if `cores` has one."""
     workdir.mkdir(parents=True)
     core = cores.get() if cores else None
-    pin = None if core is None else lambda: os.sched_setaffinity(0, {core})
+    pin = [] if core is None else ["taskset", "-c", str(core)]  # (Linux's util-linux)
     script = os.path.abspath(one_command[1])  # (the command is relative to where this runs)
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, script, *one_command[2:]],
+            [*pin, sys.executable, script, *one_command[2:]],
             cwd=workdir,
             capture_output=True,
             text=True,
             check=False,
-            preexec_fn=pin,
         )
     finally:
         if cores:
@@ -89,7 +89,7 @@ def main(cli: argparse.Namespace, command: Command, digits: int = 0) -> tuple[li
     commands = [command(*case, cli.total_timesteps, cli.flags) for case in cases]
     workdirs = [workdir / f"{env_id.replace('/', '_')}__{seed}" for env_id, seed in cases]
     cores = None  # (one per job, if there are enough, for the jobs to take turns on)
-    if hasattr(os, "sched_setaffinity") and 1 < cli.jobs <= len(os.sched_getaffinity(0)):
+    if shutil.which("taskset") and 1 < cli.jobs <= len(os.sched_getaffinity(0)):
         cores = queue.Queue()
         for core in sorted(os.sched_getaffinity(0))[: cli.jobs]:
             cores.put(core)

@@ -120,7 +120,7 @@ def test_atari_logs_raw_scores_of_whole_games(tmp_path):
 
 
 @needs["ale-py"]
-def test_atari_envs_end_bootstrap_at_a_lost_life_and_record_whole_games():
+def test_atari_training_envs_end_bootstrap_at_a_lost_life_and_record_whole_games():
     """Against ale-py's vector env without our wrappers (same seed, same actions): training sees
     rewards clipped to [-1, 1] and a termination at each lost life, the game going on; the
     statistics are the raw sums over whole games."""

@@ -202,3 +202,16 @@ def test_a_clock_that_does_not_move_gives_rates_not_a_division_by_zero(run_scrip
     run_dir = run_script("ppo_discrete.py", *TINY)
     assert len(scalars(run_dir)["charts/SPS"]) == 2
     assert (run_dir / "lock").stat().st_mode & 0o111 == 0  # (0o644: a lock is no program)
+
+
+def test_the_readmes_code_evaluates_a_saved_agent(run_script, capsys):
+    """README's "What you get" example, run as written on a real agent.pt: it loads and evaluates
+    the agent as the run did."""
+    run_dir = run_script("ppo_continuous.py", *TINY, "--norm-obs", "--save-model")
+    run_evaluation = scalars(run_dir)["eval/episodic_return"][0]
+    readme = (ROOT / "README.md").read_text()
+    (code,) = [block for block in readme.split("```python\n")[1:] if "agent.pt" in block]
+    code = code.split("```")[0].replace("runs/.../agent.pt", str(run_dir / "agent.pt"))
+    capsys.readouterr()
+    exec(code, {})  # noqa: S102 (the README's own code)
+    assert f"eval: mean return {run_evaluation:.1f} ±" in capsys.readouterr().out
