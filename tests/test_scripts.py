@@ -1,5 +1,6 @@
 """Each script end to end on tiny budgets: logs, saved model, GIF, determinism, learned values."""
 
+import re
 import subprocess
 import sys
 import time
@@ -7,7 +8,7 @@ import time
 import gymnasium as gym
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, import_script, scalars
+from conftest import ROOT, SCRIPTS, import_script, scalars, stdout_of
 from gymnasium.wrappers.utils import RunningMeanStd
 from PIL import Image
 
@@ -215,3 +216,16 @@ def test_the_readmes_code_evaluates_a_saved_agent(run_script, capsys):
     capsys.readouterr()
     exec(code, {})  # noqa: S102 (the README's own code)
     assert f"eval: mean return {run_evaluation:.1f} ±" in capsys.readouterr().out
+
+
+def test_the_breakdown_benchmark_prints_each_part_of_a_run(tmp_path):
+    """benchmarks/breakdown.py: the floor, the run's wall and each part of a tiny run, the
+    script's train() holding the passes and steps it makes."""
+    tiny = ["--total-timesteps", "512", "--num-envs", "2", "--num-steps", "128"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "breakdown.py"), "--", *tiny]
+    printed = stdout_of(command, tmp_path)
+    seconds = dict(re.findall(r"^\s+(.+?): (\d+\.\d+) s", printed, re.MULTILINE))
+    seconds = {part: float(value) for part, value in seconds.items()}
+    assert {"import torch, gymnasium", "imports", "forward passes", "train()"} <= seconds.keys()
+    inside = ("forward passes", "backward passes", "optimizer steps", "env steps (vector env)")
+    assert all(0 < seconds[part] < seconds["train()"] for part in inside)
