@@ -80,15 +80,12 @@ def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vect
             reward_clipping=False,  # (clipped below, after the statistics)
             use_fire_reset=False,  # the agent presses FIRE, at a game's start as after a lost life
         )
-    else:
-        async_mode = vector_mode == "async"
-        vector_env = gym.vector.AsyncVectorEnv if async_mode else gym.vector.SyncVectorEnv
-        copies = [lambda: make_env(env_id, render=False) for _ in range(num_envs)]
-        envs = vector_env(copies, autoreset_mode=same_step)
-    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
-    if env_id.startswith("ALE/"):  # §7.5 training's rewards clipped to [-1, 1]; lives' ends
-        envs = LifeLossEndsBootstrap(gym.wrappers.vector.ClipReward(envs, -1.0, 1.0))
-    return envs
+        envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # (raw scores, whole games)
+        # §7.5 what training sees: rewards clipped to [-1, 1], and a lost life as a termination
+        return LifeLossEndsBootstrap(gym.wrappers.vector.ClipReward(envs, -1.0, 1.0))
+    vector_env = gym.vector.AsyncVectorEnv if vector_mode == "async" else gym.vector.SyncVectorEnv
+    copies = [lambda: make_env(env_id, render=False) for _ in range(num_envs)]
+    return gym.wrappers.vector.RecordEpisodeStatistics(vector_env(copies, autoreset_mode=same_step))
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -475,6 +472,7 @@ def make_env(env_id: str, render: bool) -> gym.Env:
     if not env_id.startswith("ALE/"):
         return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     render_mode = "rgb_array" if render else None
+    # frames one at a time (AtariPreprocessing skips 4), to ALE v5's limit of 108,000, as training
     env = gym.make(env_id, frameskip=1, max_episode_steps=108_000, render_mode=render_mode)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84)
     return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
