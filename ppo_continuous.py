@@ -1,17 +1,15 @@
 """Proximal Policy Optimization for continuous (Box) action spaces, in one file.
 
-Part 1 is a whole PPO that runs on its own: arguments, networks, §4 GAE, §3 clipped objective,
-`train` (the §9 loop) and `evaluate`. Part 2 attaches from outside what long runs and many
-processes need (checks, checkpoints, resume, signals, torchrun). §N: the README's "The math,
-section by section"; the papers' equations are cited where they have one.
+Part 1 is a whole PPO that runs on its own: arguments, networks, §4 GAE, §3 the objective (and
+§13.2 its variants), `train` (the §9 loop) and `evaluate`. Part 2 attaches from outside what long
+runs and many processes need (checks, checkpoints, resume, signals, torchrun). §N: the README's
+"The math, section by section", beside the papers' equations.
 
-    python ppo_continuous.py --env-id Pendulum-v1
-    torchrun --standalone --nproc_per_node 2 ppo_continuous.py --env-id Pendulum-v1  # 2 processes
+    python ppo_continuous.py --env-id Pendulum-v1  # (torchrun ppo_continuous.py: many processes)
 """
 
 import importlib
 import itertools
-import math
 import os
 import time
 from collections import defaultdict, deque
@@ -24,7 +22,8 @@ import numpy as np
 import torch
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -47,6 +46,10 @@ class Args:
     vf_coef: float = 0.5  # the value-loss coefficient c1 (§6)
     max_grad_norm: float = 0.5  # the maximum norm of the gradient (§8.4)
     target_kl: float | None = None  # stop an update once the approximate KL (§10.1) exceeds it
+    policy_loss: Literal["clip", "kl_penalty", "truly"] = "clip"  # the objective: §3.1, or §13.2's
+    trust_region_kl: float = 0.01  # §13.2 d_targ of kl_penalty (PPO paper), δ of truly (its: 0.03)
+    rollback_coef: float = 5.0  # α, the slope of truly's rollback (§13.2; its paper's MuJoCo value)
+    ewma_decay: float | None = None  # §13.2 PPO-EWMA: the proximal policy's decay (None: PPO's)
     norm_obs: bool = False  # observations are normalized by running mean and variance (§8.5)
     norm_reward: bool = True  # rewards over the running std of discounted returns (§8.5; tuned)
     state_dependent_std: bool = False  # the log-std is a network output, not a vector (§8.3)
@@ -62,28 +65,22 @@ class Args:
     eval_episodes: int = 10  # the number of deterministic evaluation episodes after training
 
 
-# Normalized observations and rewards are clipped to ±NORM_CLIP, as in SB3's VecNormalize.
-NORM_CLIP = 10.0
+NORM_CLIP = 10.0  # normalized observations and rewards are clipped to ±10, as in SB3's VecNormalize
 EPSILON = 1e-8  # keeps divisions by a standard deviation finite
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # the Normal density's log normalizer, per dimension
+LOG_SQRT_2PI = 0.9189385332046727  # log √(2π), the Normal density's log normalizer per dimension
 
 
 def make_envs(env_id: str, num_envs: int, vector_mode: str = "sync") -> gym.vector.VectorEnv:
     """§7 num_envs copies of env_id, stepped as one, recording their episodes' raw returns and
     lengths in infos["episode"]. SAME_STEP autoreset: a step that ends an episode returns the next
-    one's first observation, and the true last one in infos["final_obs"]; no step spans two
-    episodes."""
+    one's first observation, and the true last one in infos["final_obs"]."""
     same_step = gym.vector.AutoresetMode.SAME_STEP
     if env_id.startswith("ALE/"):  # §7.5 ale-py's own vector env (C++ threads), (4, 84, 84) uint8
         importlib.import_module("ale_py")  # (it registers the ALE/ ids)
-        envs = gym.make_vec(  # (with the id's game, frame skip, sticky actions and frame limit)
-            env_id,
-            num_envs,
-            vectorization_mode="vector_entry_point",
-            autoreset_mode=same_step,
-            reward_clipping=False,  # (clipped below, after the statistics)
-            use_fire_reset=False,  # the agent presses FIRE, at a game's start as after a lost life
-        )
+        # the id's game, frame skip, sticky actions and frame limit; FIRE is the agent's to press
+        # (at a game's start as after a lost life); rewards are clipped below, after the statistics
+        ale = {"autoreset_mode": same_step, "reward_clipping": False, "use_fire_reset": False}
+        envs = gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point", **ale)
         envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # (raw scores, whole games)
         # §7.5 what training sees: rewards clipped to [-1, 1], and a lost life as a termination
         return LifeLossEndsBootstrap(gym.wrappers.vector.ClipReward(envs, -1.0, 1.0))
@@ -110,10 +107,9 @@ def mlp(in_dim: int, out_dim: int, out_std: float, hidden: tuple[int, ...], act:
 
 
 class CNN(nn.Module):
-    """§8.1 the image encoder, one under both actor and critic. Channels are first if the first
-    axis is the shorter of first and last ((4, 84, 84) Atari), else last ((10, 10, 4) MinAtar).
-    Frames 36 pixels a side or more: the PPO paper's Atari CNN (Nature CNN, Mnih et al. 2015);
-    smaller: the MinAtar paper's (Young & Tian 2019). ReLUs; §8.2 gain √2."""
+    """§8.1 the image encoder under actor and critic. Channels first if the first axis is the
+    shorter of first and last ((4, 84, 84) Atari), else last ((10, 10, 4) MinAtar). 36 pixels a
+    side or more: the PPO paper's Atari CNN (Mnih et al. 2015); less: MinAtar's (Young & Tian)."""
 
     def __init__(self, obs_space: gym.spaces.Box) -> None:
         super().__init__()
@@ -130,17 +126,15 @@ class CNN(nn.Module):
         layers.append(nn.Flatten())
         flat = nn.Sequential(*layers)(torch.zeros(1, channels, height, width)).shape[1]  # (1, flat)
         self.net = nn.Sequential(*layers, layer_init(nn.Linear(flat, self.features)), nn.ReLU())
-        order = "last" if self.channels_last else "first"
-        print(f"images {shape} {obs_space.dtype}, channels {order}")
+        print(f"images {shape} {obs_space.dtype}, channels {('first', 'last')[self.channels_last]}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, *obs_shape) -> (batch, features)
+    def forward(self, x: Tensor) -> Tensor:  # (batch, *obs_shape) -> (batch, features)
         x = x.permute(0, 3, 1, 2) if self.channels_last else x  # (batch, C, H, W)
         return self.net(x.float() / self.scale)  # uint8 / 255: the one scaling
 
 
 class Agent(nn.Module):
-    """§8.1 separate actor and critic networks (images: on one CNN encoder); §8.3 a diagonal
-    Normal policy."""
+    """§8.1 an actor and a critic (images: on one CNN encoder); §8.3 a diagonal Normal policy."""
 
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
@@ -156,41 +150,35 @@ class Agent(nn.Module):
         logstd = torch.full((1, action_dim), args.init_logstd)  # (1, action_dim)
         self.actor_logstd = None if args.state_dependent_std else nn.Parameter(logstd)
 
-    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+    def get_value(self, x: Tensor) -> Tensor:
         return self.critic(self.encoder(x)).squeeze(-1)  # (batch,)
 
-    def get_mean_and_logstd(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_mean_and_logstd(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """§8.3 the Normal policy's mean and log-std, (batch, action_dim) each."""
         if self.actor_logstd is None:
             return self.actor(features).chunk(2, dim=-1)
         action_mean = self.actor(features)
         return action_mean, self.actor_logstd.expand_as(action_mean)
 
-    def get_deterministic_action(self, x: torch.Tensor) -> torch.Tensor:
+    def get_deterministic_action(self, x: Tensor) -> Tensor:
         return self.get_mean_and_logstd(self.encoder(x))[0]  # the mean, (batch, action_dim)
 
-    def get_action_and_value(
-        self, x: torch.Tensor, action: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """§8.3 samples an action (or takes the given one); returns it, (batch, action_dim), its
-        log-prob, the policy's entropy and the value, (batch,) each. The Normal's formulas are
-        written out: a torch.distributions.Normal costs more to build than the math."""
+    def get_action_and_value(self, x: Tensor, action: Tensor | None = None) -> tuple[Tensor, ...]:
+        """§8.3 an action sampled (or the given one), (batch, action_dim), its log-prob, the entropy
+        and the value, (batch,) each; the Normal's formulas, cheaper than torch.distributions'."""
         features = self.encoder(x)  # (batch, features): the observation, or the CNN's output
         action_mean, action_logstd = self.get_mean_and_logstd(features)
         action_std = action_logstd.exp()
         if action is None:
             action = action_mean + action_std * torch.randn_like(action_mean)
-        # log N(a; μ, σ) = -(a - μ)² / 2σ² - log σ - log √(2π), and H = 1/2 + log σ + log √(2π),
-        # summed over the action dimensions, which are independent.
+        # log N(a; μ, σ) = -(a-μ)²/2σ² - log σ - log √(2π), H = 1/2 + log σ + log √(2π); summed
         z = (action - action_mean) / action_std
         log_prob = (-0.5 * z**2 - action_logstd - LOG_SQRT_2PI).sum(-1)  # (batch,)
         entropy = (0.5 + action_logstd + LOG_SQRT_2PI).sum(-1)  # (batch,)
         return action, log_prob, entropy, self.critic(features).squeeze(-1)
 
 
-def normalize_obs(
-    obs: np.ndarray, rms: RunningMeanStd | None, device: torch.device
-) -> torch.Tensor:
+def normalize_obs(obs: np.ndarray, rms: RunningMeanStd | None, device: torch.device) -> Tensor:
     """§8.5 the agent's input: (obs - mean) / std clipped to ±NORM_CLIP (if rms), float32; images
     (batch, *image_shape) keep their uint8 or bool (a quarter of float32's memory or less)."""
     if rms is not None:
@@ -207,14 +195,11 @@ def compute_gae(
     gamma: float,
     gae_lambda: float,
 ) -> np.ndarray:
-    """§4.2 generalized advantage estimation (PPO paper, arXiv:1707.06347, Eqs. 11-12; GAE paper,
-    arXiv:1506.02438, Eq. 16), backwards in time, for every env at once (§7.2). All inputs and the
-    advantages returned are (num_steps, num_envs). values[t] = V(s_t); next_values[t] = V(s_{t+1})
-    of the state that really followed step t (§7.4: for a truncated episode, its final
-    observation). The design's single "done" (§4.2) is split in two:
-    - terminations[t]: s_{t+1} is terminal, its value is zero, so δ_t does not bootstrap;
-    - terminations[t] or truncations[t]: the episode ended, so the sum over future δ stops at t.
-    """
+    """§4.2 GAE (PPO paper Eqs. 11-12, GAE paper Eq. 16), backwards in time, every env at once;
+    inputs and result (num_steps, num_envs). next_values[t] = V(s_{t+1}) of the state that really
+    followed step t (§7.4: a truncated episode's final observation). The design's one "done" is two:
+    terminations[t], s_{t+1} is terminal (V = 0: δ_t does not bootstrap); terminations[t] or
+    truncations[t], the episode ended (the sum over future δ stops at t)."""
     episode_ends = np.maximum(terminations, truncations)
     # δ_t = r_t + γ V(s_{t+1}) - V(s_t), with V(terminal) = 0 (Eq. 12)
     deltas = rewards + gamma * next_values * (1.0 - terminations) - values
@@ -227,29 +212,38 @@ def compute_gae(
     return advantages
 
 
-def clipped_surrogate_loss(
-    ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float
-) -> torch.Tensor:
+def clipped_surrogate_loss(ratio: Tensor, advantages: Tensor, clip_coef: float) -> Tensor:
     """§3.1 -L^CLIP (PPO paper Eq. 7): the negated mean of min(r Â, clip(r, 1-ε, 1+ε) Â)."""
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef) * advantages
     return -torch.min(unclipped, clipped).mean()
 
 
-def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float | None
-) -> torch.Tensor:
-    """§5.1 L^VF = mean((V - R̂)²); given clip_coef, §5.2: max of unclipped and clipped errors."""
+def kl_penalty_loss(ratio: Tensor, advantages: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
+    """§13.2 -L^KLPEN (PPO paper Eq. 8): the negated mean of r Â - β KL[π_old(·|s), π_θ(·|s)]."""
+    return -(ratio * advantages - kl_coef * kl).mean()
+
+
+def adapted_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
+    """§13.2 β after an update of KL d (PPO paper §4): ×2 if d > 1.5 d_targ, /2 if d < d_targ/1.5"""
+    return kl_coef * 2 if kl > 1.5 * kl_target else kl_coef / 2 if kl < kl_target / 1.5 else kl_coef
+
+
+def truly_loss(ratio: Tensor, advantages: Tensor, kl: Tensor, delta: float, alpha: float) -> Tensor:
+    """§13.2 Truly PPO's -L^TR-RB (Wang et al. 2019, arXiv:1903.07940): r Â, less α KL where the
+    policy left the trust region (KL ≥ δ) in Â's favour (r Â > Â): a gradient back, not none."""
+    surrogate = ratio * advantages
+    rolled_back = (kl >= delta) & (surrogate > advantages)
+    return -torch.where(rolled_back, surrogate - alpha * kl, surrogate).mean()
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, v_clip: float | None) -> Tensor:
+    """§5.1 L^VF = mean((V - R̂)²); given v_clip, §5.2: max of unclipped and clipped errors."""
     unclipped = (values - returns) ** 2
-    if clip_coef is None:
+    if v_clip is None:
         return unclipped.mean()
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
+    clipped_values = old_values + torch.clamp(values - old_values, -v_clip, v_clip)
     return torch.max(unclipped, (clipped_values - returns) ** 2).mean()
-
-
-def iterations_of(args: Args) -> int:
-    """§9 the iterations of a run: the whole batches of num_envs * num_steps in total_timesteps."""
-    return args.total_timesteps // (args.num_envs * args.num_steps)
 
 
 def train(
@@ -261,9 +255,9 @@ def train(
     on_eval_step: Callable[[gym.Env], None] | None = None,
 ) -> Agent:
     """§9 PPO for args.total_timesteps env steps, logged to TensorBoard, then evaluated; returns
-    the agent. Alone, train() makes its envs and writer (runs/...). Part 2 passes its own,
-    on_start(what training changes, by name), which returns the iteration and global step the
-    loop continues after, on_iteration_end(iteration, global_step) and evaluate's on_step."""
+    the agent. Alone, it makes its envs and writer (runs/...); Part 2 passes its own, and hooks:
+    on_start(what training changes, by name) -> the iteration and step to continue after,
+    on_iteration_end(iteration, global_step), and on_eval_step for evaluate."""
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # torch draws every random number (actions, minibatches)
     envs = make_envs(args.env_id, args.num_envs, args.vector_mode) if envs is None else envs
@@ -272,52 +266,57 @@ def train(
         torch.set_num_threads(1)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}") if writer is None else writer
-    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     num_envs = envs.num_envs  # the envs stepped here (args.num_envs, or a process's share of them)
     batch_size = num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    num_iterations = iterations_of(args)
+    num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)  # §9 whole batches
     total_steps = num_iterations * args.num_envs * args.num_steps
     observation_space, action_space = envs.single_observation_space, envs.single_action_space
     agent = Agent(envs, args).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    params = [{"params": agent.parameters(), "kl_coef": 1.0}]  # §13.2 β (saved, as is the lr)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=True)
+    ewma_average = get_ema_multi_avg_fn(args.ewma_decay or 0.0)  # (with the decay of --ewma-decay)
+    ewma = None if args.ewma_decay is None else AveragedModel(agent, multi_avg_fn=ewma_average)
     obs_rms = RunningMeanStd(shape=observation_space.shape) if args.norm_obs else None  # §8.5
     return_rms = RunningMeanStd() if args.norm_reward else None
     trained = {"model": agent, "optimizer": optimizer, "obs_rms": obs_rms, "return_rms": return_rms}
+    trained["ewma"] = ewma  # §13.2 PPO-EWMA's proximal policy: an average of the agent's weights
     start_iteration, global_step = on_start(trained) if on_start else (0, 0)  # Part 2: resume
-
-    # §7.2 rollout storage, (num_steps, num_envs, ...): numpy, like the envs' data (cheap per row)
-    obs_dtype = np.float32 if len(observation_space.shape) == 1 else observation_space.dtype
-    obs = np.zeros((args.num_steps, num_envs) + observation_space.shape, dtype=obs_dtype)
-    actions = np.zeros((args.num_steps, num_envs) + action_space.shape, dtype=np.float32)
-    # (num_steps, num_envs) each; final_values: §7.4 V(final_obs) where an episode was truncated
-    logprobs, rewards, terminations, truncations, values, final_values = (
-        np.zeros((args.num_steps, num_envs), dtype=np.float32) for _ in range(6)
-    )
+    group = optimizer.param_groups[0]  # (after on_start: a resume replaces the groups)
+    policy_loss = {  # the policy objective --policy-loss names (§3.1, §13.2), as a loss
+        "clip": lambda r, a, kl: clipped_surrogate_loss(r, a, args.clip_coef),  # (r, Â, KL)
+        "kl_penalty": lambda r, a, kl: kl_penalty_loss(r, a, kl, group["kl_coef"]),
+        "truly": lambda r, a, kl: truly_loss(r, a, kl, args.trust_region_kl, args.rollback_coef),
+    }[args.policy_loss]
 
     start_time, start_step = time.time(), global_step
     recent_returns = deque(maxlen=20)  # the last 20 training episodes, for the progress line
     # (num_envs, *obs_shape); env i is seeded seed + i + global_step (a resumed run: new episodes)
     next_obs = normalize_obs(envs.reset(seed=args.seed + global_step)[0], obs_rms, device)
     discounted_return = np.zeros(num_envs)  # (num_envs,) for reward scaling (§8.5)
+    # §7.2 rollout storage, (num_steps, num_envs, ...): the agent's inputs (torch), the rest numpy
+    obs = torch.zeros((args.num_steps, *next_obs.shape), dtype=next_obs.dtype, device=device)
+    actions = np.zeros((args.num_steps, num_envs) + action_space.shape, dtype=np.float32)
+    # (num_steps, num_envs) each; final_values: §7.4 V(final_obs) where an episode was truncated
+    logprobs, rewards, terminations, truncations, values, final_values = (
+        np.zeros((args.num_steps, num_envs), dtype=np.float32) for _ in range(6)
+    )
 
     for iteration in range(start_iteration + 1, num_iterations + 1):
         if args.anneal_lr:  # §8.4 lr(t) = lr_0 (1 - t / T)
             frac = 1.0 - (iteration - 1.0) / num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            group["lr"] = frac * args.learning_rate
 
         # §9.1 phase 1: rollout collection
-        rollout_start = time.time()
+        rollout_start = time.time()  # for rollout_SPS: env steps per second while collecting
         for step in range(args.num_steps):
             global_step += args.num_envs
-            obs[step] = next_obs.cpu().numpy()
+            obs[step] = next_obs
             with torch.inference_mode():
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
-            values[step] = value.cpu().numpy()
+            values[step], logprobs[step] = value.cpu().numpy(), logprob.cpu().numpy()
             actions[step] = action.cpu().numpy()
-            logprobs[step] = logprob.cpu().numpy()
 
             # The batch keeps the sampled action (its log-prob's); the env gets it clipped.
             env_action = np.clip(actions[step], action_space.low, action_space.high)
@@ -331,22 +330,18 @@ def train(
                 discounted_return[terminated | truncated] = 0.0
             rewards[step], terminations[step], truncations[step] = reward, terminated, truncated
             next_obs = normalize_obs(next_obs_raw, obs_rms, device)
-
-            # §7.4 A time limit cut these episodes; the MDP did not end them. Bootstrap from the
-            # value of each one's true last observation, normalized as the agent sees it.
+            # §7.4 a time limit, not the MDP, ended these: bootstrap from V(true last observation)
             if truncated.any():
                 truncated_envs = np.flatnonzero(truncated)
                 final_obs = np.stack(infos["final_obs"][truncated_envs])  # (truncated, *obs_shape)
                 final_obs = normalize_obs(final_obs, obs_rms, device)
                 with torch.inference_mode():
                     final_values[step, truncated_envs] = agent.get_value(final_obs).cpu().numpy()
-
             for i in np.flatnonzero(infos.get("_episode", [])):  # ended episodes' raw stats
                 recent_returns.append(float(infos["episode"]["r"][i]))
                 writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                 writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-        # env steps per second while collecting (env and policy); a coarse clock may say 0 s
         rollout_sps = int(args.num_steps * args.num_envs / max(time.time() - rollout_start, 1e-6))
 
         # §9.1 phase 2: advantages and returns
@@ -360,9 +355,7 @@ def train(
             rewards, values, next_values, terminations, truncations, args.gamma, args.gae_lambda
         )  # (num_steps, num_envs)
         returns = advantages + values  # §4.4 R̂_t = Â_t + V(s_t)
-
-        # the batch as tensors: (num_steps, num_envs, ...) flattened to (batch_size, ...)
-        b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values = (
+        b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values = (  # (batch_size, ...)
             torch.as_tensor(x, device=device).flatten(0, 1)
             for x in (obs, actions, logprobs, advantages, returns, values)
         )
@@ -374,52 +367,59 @@ def train(
             b_inds = torch.randperm(batch_size)
             for start in range(0, batch_size, minibatch_size):
                 mb_inds = b_inds[start : start + minibatch_size]
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                    b_obs[mb_inds], b_actions[mb_inds]
-                )
-                logratio = newlogprob - b_logprobs[mb_inds]
+                mb_obs, mb_actions = b_obs[mb_inds], b_actions[mb_inds]
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, mb_actions)
+                prox_logprob = b_logprobs[mb_inds]  # §13.2 π_prox: the behaviour policy (PPO), or
+                if ewma is not None:  # PPO-EWMA's, the policy of the agent's weights averaged
+                    prox_logprob = ewma.module.get_action_and_value(mb_obs, mb_actions)[1].detach()
+                logratio = newlogprob - prox_logprob
                 ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s), PPO paper Eq. 6
-
+                kl = (ratio - 1) - logratio  # §10.1 per sample; its mean estimates KL[π_old, π_θ]
+                # Â: §8.6 to mean 0 and std 1 over the minibatch, then weighed by π_prox / π_old
+                # (§13.2 PPO-EWMA's decoupled objective; 1, exactly, in PPO)
                 mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:  # §8.6 to mean 0 and std 1 over the minibatch
+                if args.norm_adv:
                     std = mb_advantages.std() + EPSILON
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / std
+                mb_advantages = mb_advantages * (prox_logprob - b_logprobs[mb_inds]).exp()
 
-                pg_loss = clipped_surrogate_loss(ratio, mb_advantages, args.clip_coef)  # §3.1
+                pg_loss = policy_loss(ratio, mb_advantages, kl)  # §3.1 -L^CLIP, or §13.2's
                 v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
                 v_loss = value_loss(newvalue, b_values[mb_inds], b_returns[mb_inds], v_clip)
                 entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
                 # §6 L = -L^CLIP + c1 L^VF - c2 H: PPO paper Eq. 9's L^{CLIP+VF+S}, negated
                 loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_loss
-
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()  # §10.1 (no gradient: a gauge)
                     stats["policy_loss"].append(pg_loss.detach())
                     stats["value_loss"].append(v_loss.detach())
                     stats["entropy"].append(entropy_loss.detach())
                     stats["old_approx_kl"].append((-logratio).mean())
-                    stats["approx_kl"].append(approx_kl)
+                    stats["approx_kl"].append(kl.mean())  # §10.1 (here without gradient: a gauge)
                     stats["clipfrac"].append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
-                kl_exceeded = args.target_kl is not None and approx_kl > args.target_kl
+                kl_exceeded = args.target_kl is not None and stats["approx_kl"][-1] > args.target_kl
                 if kl_exceeded:
                     break  # stop before this minibatch moves the policy further
-
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(  # §8.4; a NaN or infinite norm raises before the step
                     agent.parameters(), args.max_grad_norm, error_if_nonfinite=True
                 )
                 optimizer.step()
+                if ewma is not None:  # §13.2 θ_prox ← β θ_prox + (1 - β) θ after each step
+                    ewma.update_parameters(agent)
             if kl_exceeded:
                 break
+        if args.policy_loss == "kl_penalty":  # §13.2 β for the next update, from this one's KL d
+            d = torch.stack(stats["approx_kl"][-args.num_minibatches :]).mean().item()  # last epoch
+            group["kl_coef"] = adapted_kl_coef(group["kl_coef"], d, args.trust_region_kl)
+            writer.add_scalar("charts/kl_coef", group["kl_coef"], global_step)
 
         # §10 diagnostics: the losses averaged over every minibatch of the iteration
         var_returns = np.var(returns)  # explained variance: how much of the returns V predicts
         explained_var = np.nan if var_returns == 0 else 1 - np.var(returns - values) / var_returns
         sps = int((global_step - start_step) / max(time.time() - start_time, 1e-6))
         scalars = {f"losses/{k}": torch.stack(v).mean().item() for k, v in stats.items()}
-        scalars["losses/explained_variance"] = explained_var
-        scalars["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
+        scalars |= {"losses/explained_variance": explained_var, "charts/learning_rate": group["lr"]}
         scalars |= {"charts/SPS": sps, "charts/rollout_SPS": rollout_sps}
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, global_step)
@@ -441,16 +441,16 @@ def train(
 def evaluate(
     agent: Agent, args: Args, obs_rms: RunningMeanStd | None, on_step: Callable | None = None
 ) -> list[float]:
-    """Runs args.eval_episodes deterministic episodes (the policy's mode) on a fresh env, seeded
-    past the training envs, statistics frozen; prints, returns their returns. Before each step of
-    the first: on_step(env), which may render it (Part 2: --capture-gif)."""
+    """args.eval_episodes deterministic episodes (the policy's mode), a new env seeded past
+    training's, statistics frozen; prints, returns their returns; on_step(env): the first's steps"""
     device, env = next(agent.parameters()).device, make_env(args.env_id, on_step is not None)
     if env.spec.max_episode_steps is None:  # no time limit: its episodes end at 10,000 steps
         env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
     episodic_returns = []
     for episode in range(args.eval_episodes):
-        # The first episode is seeded; the later ones continue its RNG.
-        obs, _ = env.reset(seed=args.seed + args.num_envs if episode == 0 else None)
+        obs, _ = env.reset(
+            seed=args.seed + args.num_envs if episode == 0 else None
+        )  # (then its RNG)
         episodic_return, episode_over = 0.0, False
         while not episode_over:
             if on_step and episode == 0:
@@ -482,9 +482,8 @@ class LifeLossEndsBootstrap(gym.vector.VectorWrapper):
 
 
 def make_env(env_id: str, render: bool) -> gym.Env:
-    """One env (frames in color if render): make_envs' copies, and evaluation's. Atari's, for
-    evaluation, gives make_envs' observations bit for bit with gymnasium's wrappers (and OpenCV),
-    whole games. MinAtar's ids exist once minatar registers them (in an async worker too)."""
+    """One env (in color if render), make_envs' copies and evaluation's: Atari's gives make_envs'
+    observations bit for bit (whole games). MinAtar's ids need minatar's registering (async too)."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         importlib.import_module("minatar.gym").register_envs()
     if not env_id.startswith("ALE/"):
@@ -546,6 +545,7 @@ class RunArgs(Args):
     track: bool = False  # sync the run to Weights & Biases (CleanRL's --track; pip install wandb)
     wandb_project_name: str = "ppo"  # the W&B project of --track
     wandb_entity: str | None = None  # the W&B team or user of --track (None: your default entity)
+    iterations = property(lambda self: self.total_timesteps // (self.num_envs * self.num_steps))
 
 
 def main() -> dict:
@@ -571,11 +571,11 @@ def main() -> dict:
     # --resume takes a run's checkpoint.pt (a copy's would be overwritten; README: resume a copy)
     if args.resume is not None and os.path.basename(saved_path) != "checkpoint.pt":
         sys.exit(f"error: --resume takes a run directory or its checkpoint.pt, not {saved_path}")
-    if args.resume is not None and saved["iteration"] >= iterations_of(args):  # nothing to train
+    if args.resume is not None and saved["iteration"] >= args.iterations:  # nothing to train
         iteration, steps = saved["iteration"], saved["global_step"]
         more = f"resume with --total-timesteps {steps + args.num_envs * args.num_steps} or more"
         done = f"{saved_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
-        if iteration > iterations_of(args):  # (trained beyond the budget)
+        if iteration > args.iterations:  # (trained beyond the budget)
             sys.exit(f"error: {done}: {more}")
         print(f"{done}: {next_command(args, saved_dir, iteration)}, or {more}")
         sys.exit(0)  # (a job that resubmits itself until done ends here)
@@ -597,7 +597,7 @@ def main() -> dict:
 
         def load_saved_agent(trained: dict) -> tuple[int, int]:
             load_states(saved, {"model": trained["model"], "obs_rms": trained["obs_rms"]})
-            return iterations_of(args), 0
+            return args.iterations, 0
 
         args = replace(args, save_model=False)
         lock = claim_run_dir(saved_dir, args) if args.capture_gif else None  # (its GIF goes there)
@@ -654,7 +654,7 @@ def main() -> dict:
         if args.track and args.capture_gif:  # (rank 0's GIF: the others capture none)
             wandb.log({"eval/episode": wandb.Video(f"{run_dir}/episode.gif")})
         files = "TensorBoard logs, checkpoint.pt" + (", agent.pt" if args.save_model else "")
-        print(f"{run_dir}: {files}; {next_command(args, run_dir, iterations_of(args))}")
+        print(f"{run_dir}: {files}; {next_command(args, run_dir, args.iterations)}")
     except BaseException as e:  # (the env's code may raise anything: even KeyboardInterrupt)
         if isinstance(e, SystemExit) and (long_run.stopped_by or str(e.code).startswith("error")):
             raise  # this script's own ending: a stop (exit 128 + signal), or an error line
@@ -675,15 +675,16 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
     gpus, local_size = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if args.cuda and 0 < gpus < local_size:  # torchrun's processes on this machine, a GPU each
         return f"--cuda gives each process a GPU: start at most {gpus} here, not {local_size}"
-    sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    positive = (*sizes, "learning_rate", "clip_coef", "max_grad_norm", "target_kl")
-    non_negative = ("ent_coef", "vf_coef", "eval_episodes", "eval_every", "checkpoint_every")
-    for name, value in asdict(args).items():  # (target_kl: None, or positive)
+    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
+    positive += ("learning_rate", "clip_coef", "max_grad_norm", "target_kl", "trust_region_kl")
+    non_negative = ("ent_coef", "vf_coef", "rollback_coef", "eval_episodes", "eval_every")
+    non_negative += ("checkpoint_every",)
+    for name, value in asdict(args).items():  # (target_kl, ewma_decay: None, or in range)
         if isinstance(value, float) and not np.isfinite(value):
             return f"--{name.replace('_', '-')} must be a finite number, got {value}"
         if name in positive and value is not None and value <= 0:
             return f"--{name.replace('_', '-')} must be positive, got {value}"
-        if name in ("gamma", "gae_lambda") and not 0 <= value <= 1:
+        if name in ("gamma", "gae_lambda", "ewma_decay") and not 0 <= (value or 0) <= 1:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
         if name in non_negative and value < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
@@ -697,8 +698,8 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
         return "--capture-gif, --eval-every and --eval-only need --eval-episodes >= 1"
     if args.num_envs % world_size != 0:
         return f"--num-envs {args.num_envs} is not divisible by the {world_size} torchrun processes"
-    if world_size > 1 and (args.eval_only is not None or args.target_kl is not None):
-        return "--eval-only and --target-kl run in one process: use python, not torchrun"
+    if world_size > 1 and (args.eval_only or args.target_kl or args.policy_loss == "kl_penalty"):
+        return "--eval-only, --target-kl and kl_penalty run in one process: use python"
     share = "" if world_size == 1 else f" / {world_size} processes"  # each splits its share
     batch = args.num_envs // world_size * args.num_steps  # (this process's)
     if batch % (n := args.num_minibatches) != 0:
@@ -769,9 +770,8 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
 def next_command(args: RunArgs, run_dir: str, iteration: int) -> str:
     """What resumes a run stopped after `iteration`, or evaluates it once complete (README)."""
     confirm = f" --env-id {shlex.quote(args.env_id)}" if ":" in args.env_id else ""
-    # quoted: paths with spaces, pasted into a shell
-    script, run_dir = shlex.quote(sys.argv[0]), shlex.quote(run_dir) + confirm
-    if iteration < iterations_of(args):
+    script, run_dir = shlex.quote(sys.argv[0]), shlex.quote(run_dir) + confirm  # (shell-safe)
+    if iteration < args.iterations:
         launcher = "torchrun [its flags as before]" if "WORLD_SIZE" in os.environ else "python"
         return f"resume with: {launcher} {script} --resume {run_dir}"
     return f"training is complete; evaluate with: python {script} --eval-only {run_dir}"
@@ -932,6 +932,8 @@ class LongRun:
         # (a resumed run purges what the stopped process logged after its checkpoint)
         purge_step = None if saved is None else saved["global_step"] + 1
         self.writer = NoLog() if self.rank else SummaryWriter(run_dir, purge_step=purge_step)
+        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     def start(self, trained: dict) -> tuple[int, int]:
         """on_start: loads --resume's checkpoint; under torchrun, the ranks become one agent."""
@@ -944,12 +946,13 @@ class LongRun:
                 torch.set_rng_state(self.saved["rng"])
             else:  # (its generator was not saved: it seeds anew, not as at the run's start)
                 torch.manual_seed(self.args.seed + self.rank + global_step)
-        if dist.is_initialized():
-            for param in trained["model"].parameters():
-                dist.broadcast(param.data, src=0)
+        if dist.is_initialized():  # (rank 0's weights, and §13.2 PPO-EWMA's average of them)
+            for module in [module for module in (trained["model"], trained["ewma"]) if module]:
+                for param in module.parameters():
+                    dist.broadcast(param.data, src=0)
             average_gradients_over_ranks(trained["model"], trained["optimizer"])
         self.state = self.training_state(iteration, global_step)
-        iterations, batch_size = iterations_of(self.args), self.args.num_envs * self.args.num_steps
+        iterations, batch_size = self.args.iterations, self.args.num_envs * self.args.num_steps
         budget = f"{iterations} iterations x {batch_size} steps = {iterations * batch_size} steps"
         start = f", resumed after iteration {iteration}" if iteration > 0 else ""
         print(f"run {self.run_dir}: {budget}{start}")  # the budget as it will really run
@@ -968,7 +971,7 @@ class LongRun:
         after the last write, every checkpoint_every and after the last; a stop; an evaluation."""
         sync_statistics_over_ranks(self.state, self.trained)
         self.state = self.training_state(iteration, global_step)
-        last, checkpoint_every = iteration == iterations_of(self.args), self.args.checkpoint_every
+        last, checkpoint_every = iteration == self.args.iterations, self.args.checkpoint_every
         overdue = time.monotonic() > self.written_at + CHECKPOINT_SECONDS
         if last or overdue or (checkpoint_every and iteration % checkpoint_every == 0):
             self.write()
@@ -1020,7 +1023,7 @@ class LongRun:
         self.signal = signum
 
 
-def statistics_state(rms: RunningMeanStd | None) -> dict[str, torch.Tensor] | None:
+def statistics_state(rms: RunningMeanStd | None) -> dict[str, Tensor] | None:
     """§8.5 running statistics as float64 tensors, which torch.save writes with the agent."""
     if rms is None:
         return None
@@ -1036,7 +1039,7 @@ def one_line(error: Exception) -> str:
 def run_failure(error: BaseException, long_run: LongRun) -> str:
     """The line for an error that ended a run: what failed, its traceback's file, what next."""
     run_dir, state, rank = long_run.run_dir, long_run.state, long_run.rank
-    complete = state is not None and state["iteration"] == iterations_of(long_run.args)
+    complete = state is not None and state["iteration"] == long_run.args.iterations
     line = f"{'failed after training' if complete else 'training failed'}: {one_line(error)}"
     name = "traceback.txt" if os.environ.get("WORLD_SIZE", "1") == "1" else f"traceback_{rank}.txt"
     text = "".join(traceback.format_exception(error)).encode()
@@ -1049,15 +1052,14 @@ def run_failure(error: BaseException, long_run: LongRun) -> str:
 
 
 def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """torchrun runs this script in K processes (ranks), each with num_envs / K envs; every rank
-    calls this and sync_statistics_over_ranks at the same point (a collective waits for all).
-    Once backward() has completed every gradient, one all_reduce (9x faster than one per
-    parameter) makes each the ranks' mean: all take the same step (advantages: normalized per
-    rank, §8.6, as in CleanRL's multi-GPU PPO). A parameter without gradient is an error."""
+    """torchrun runs this script in K processes (ranks), num_envs / K envs each; all call this and
+    sync_statistics_over_ranks at the same point (a collective waits for all). Once backward()
+    has every gradient, one all_reduce (9x faster than one per parameter) makes each the ranks'
+    mean: all take the same step (§8.6 advantages normalized per rank, as in CleanRL's)."""
     params = [param for param in model.parameters() if param.requires_grad]
     done = []  # the parameters whose gradient this backward() has completed
 
-    def gradient_done(param: torch.Tensor) -> None:
+    def gradient_done(param: Tensor) -> None:
         done.append(param)
         if len(done) == len(params):
             done.clear()

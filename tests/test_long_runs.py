@@ -766,6 +766,6 @@ def test_printed_commands_keep_paths_with_spaces_whole_in_a_shell(monkeypatch, s
     monkeypatch.setattr(sys, "argv", [f"my scripts/{script}"])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     args = module.RunArgs()
-    for iteration, flag in ((0, "--resume"), (module.iterations_of(args), "--eval-only")):
+    for iteration, flag in ((0, "--resume"), (args.iterations, "--eval-only")):
         command = module.next_command(args, "runs/a run", iteration).rsplit("with: ", 1)[1]
         assert shlex.split(command) == ["python", f"my scripts/{script}", flag, "runs/a run"]
