@@ -6,8 +6,9 @@
 
 The variants are flags on the scripts' own: clip (PPO: the defaults), kl_penalty (the PPO paper's
 adaptive KL penalty, d_targ 0.01), truly (Truly PPO's TR-PPO-RB, δ 0.03 and α 5, its paper's MuJoCo
-values) and clip+ewma (PPO-EWMA, the proximal policy one epoch old on average: with M minibatches
-an epoch, a decay of M / (M + 1), whose EWMA's centre of mass is M optimizer steps back).
+values) and clip+ewma (PPO-EWMA with its proximal policy as old on average as PPO's: PPO's is the
+behaviour policy, E * M / 2 optimizer steps old on average over an update of E epochs of M
+minibatches; an EWMA of decay β is β / (1 - β) steps old, its centre of mass: β = c / (1 + c)).
 - solve: every default on Pendulum-v1 and CartPole-v1, each run a whole process as in
   benchmarks/time_to_solve.py, the variants' order turning with each seed: per variant, the seeds
   whose final evaluation reaches the threshold and the median wall time.
@@ -37,26 +38,29 @@ MUJOCO = runpy.run_path(str(BENCHMARKS / "mujoco.py"))  # (by path: `import mujo
 sys.path.insert(0, str(BENCHMARKS.parent))  # the scripts, for their defaults
 
 
-def variants(num_minibatches: int) -> dict[str, list[str]]:
-    """Each variant's flags, for a setting of num_minibatches minibatches an epoch."""
-    decay = num_minibatches / (num_minibatches + 1)  # (centre of mass: num_minibatches steps)
+def variants(num_minibatches: int, update_epochs: int) -> dict[str, list[str]]:
+    """Each variant's flags, for a setting of update_epochs epochs of num_minibatches."""
+    age = update_epochs * num_minibatches / 2  # PPO's proximal policy's, on average, in steps
+    decay = age / (1 + age)  # (an EWMA's centre of mass: decay / (1 - decay) steps)
     return {
         "clip": [],
         "kl_penalty": ["--policy-loss", "kl_penalty", "--trust-region-kl", "0.01"],
         "truly": ["--policy-loss", "truly", "--trust-region-kl", "0.03", "--rollback-coef", "5"],
-        "clip+ewma": ["--ewma-decay", f"{decay:.6g}"],
+        "clip+ewma": ["--ewma-decay", f"{decay:.8g}"],
     }
 
 
-def default_minibatches(script: str) -> int:
-    return importlib.import_module(script.removesuffix(".py")).Args().num_minibatches
+def default_update(script: str) -> tuple[int, int]:
+    """The script's default minibatches an epoch and epochs an update."""
+    args = importlib.import_module(script.removesuffix(".py")).Args()
+    return args.num_minibatches, args.update_epochs
 
 
 def solve(seeds: list[int]) -> None:
     print("| env | variant | solved | median wall s | evals | walls s |")
     print("|---|---|---|---|---|---|")
     for env_id, (script, threshold) in time_to_solve.ENVS.items():
-        flags = variants(default_minibatches(script))
+        flags = variants(*default_update(script))
         results = {name: [] for name in flags}
         for index, seed in enumerate(seeds):
             order = list(flags)[index % len(flags) :] + list(flags)[: index % len(flags)]
@@ -73,22 +77,43 @@ def solve(seeds: list[int]) -> None:
 
 
 def mujoco_table(cli: argparse.Namespace) -> None:
-    """mujoco.py's table for each variant (--print-command: each variant's command, one a line)."""
-    minibatches = int(MUJOCO["SETTING"][MUJOCO["SETTING"].index("--num-minibatches") + 1])
+    """mujoco.py's setting with each variant, all runs in one pool; a row per env and variant.
+    --print-command: each variant's command for the first env and seed, one a line."""
+    setting = MUJOCO["SETTING"]
+    update = [
+        int(setting[setting.index(flag) + 1]) for flag in ("--num-minibatches", "--update-epochs")
+    ]
     command = partial(MUJOCO["command"], setting=MUJOCO["SETTING"])
-    for name, flags in variants(minibatches).items():
-        extra = f"{cli.flags} {shlex.join(flags)}"
-        if cli.print_command:
+    flags = {name: f"{cli.flags} {shlex.join(more)}" for name, more in variants(*update).items()}
+    if cli.print_command:
+        for extra in flags.values():
             print(shlex.join(command(cli.envs[0], cli.seeds[0], cli.total_timesteps, extra)))
-            continue
-        print(f"\n{name}")
-        table.main(argparse.Namespace(**{**vars(cli), "flags": extra}), command)
+        return
+    cases = [(name, env, seed) for name in flags for env in cli.envs for seed in cli.seeds]
+    workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")
+    results = table.run_all(
+        [command(env, seed, cli.total_timesteps, flags[name]) for name, env, seed in cases],
+        [workdir / f"{name}__{env}__{seed}" for name, env, seed in cases],
+        cli.jobs,
+    )
+    print(f"runs in {workdir}")
+    print("| env | variant | eval (mean ± std over seeds) | train, last 10% | wall per run |")
+    print("|---|---|---|---|---|")
+    for env_id in cli.envs:
+        for name in flags:
+            rows = [r for (n, e, _), r in zip(cases, results) if (n, e) == (name, env_id)]
+            evals = ", ".join(f"{row['eval']:.0f}" for row in rows)
+            walls = ", ".join(f"{row['wall']:.0f} s" for row in rows)
+            evaluation = table.mean_std([row["eval"] for row in rows])
+            train = table.mean_std([row["train"] for row in rows])
+            print(f"| {env_id} | {name} | {evaluation} ({evals}) | {train} | {walls} |")
 
 
-def smaller_minibatches(num_minibatches: int, learning_rate: float, c: int) -> list[str]:
-    """Hilton et al.'s adjustment for minibatches c times smaller: the learning rate / c, and the
-    EWMA's centre of mass (decay / (1 - decay) optimizer steps) c times as many steps."""
-    decay = float(variants(num_minibatches)["clip+ewma"][1])
+def smaller_minibatches(args: object, c: int) -> list[str]:
+    """Hilton et al.'s adjustment of the default `args` for minibatches c times smaller: the
+    learning rate / c, and the EWMA's centre of mass (decay / (1 - decay) steps) c times as many."""
+    num_minibatches, learning_rate = args.num_minibatches, args.learning_rate
+    decay = float(variants(num_minibatches, args.update_epochs)["clip+ewma"][1])
     centre = c * decay / (1 - decay)
     flags = [
         "--num-minibatches",
@@ -96,18 +121,17 @@ def smaller_minibatches(num_minibatches: int, learning_rate: float, c: int) -> l
         "--learning-rate",
         f"{learning_rate / c:g}",
     ]
-    return [*flags, "--ewma-decay", f"{centre / (1 + centre):.6g}"]
+    return [*flags, "--ewma-decay", f"{centre / (1 + centre):.8g}"]
 
 
 def invariance(cli: argparse.Namespace) -> None:
     script = "ppo_continuous.py"
     defaults = importlib.import_module("ppo_continuous").Args()
-    m, lr = defaults.num_minibatches, defaults.learning_rate
-    small = smaller_minibatches(m, lr, 4)
+    small = smaller_minibatches(defaults, 4)
     runs = {
         "clip, B": [],
         "clip, B/4": small[:4],
-        "clip+ewma, B": variants(m)["clip+ewma"],
+        "clip+ewma, B": variants(defaults.num_minibatches, defaults.update_epochs)["clip+ewma"],
         "clip+ewma, B/4": small,
     }
     workdir = Path(cli.workdir) / time.strftime("%Y%m%d-%H%M%S")

@@ -71,6 +71,18 @@ def run(one_command: list[str], workdir: Path, cores: queue.Queue | None = None)
     return {"eval": evaluation, "train": train, "wall": wall, "curve": episodes}
 
 
+def run_all(commands: list[list[str]], workdirs: list[Path], jobs: int) -> list[dict]:
+    """Each command's run (see run), `jobs` at a time, each job on a core of its own if the
+    system has enough (for the jobs to take turns on)."""
+    cores = None
+    if shutil.which("taskset") and 1 < jobs <= len(os.sched_getaffinity(0)):
+        cores = queue.Queue()
+        for core in sorted(os.sched_getaffinity(0))[:jobs]:
+            cores.put(core)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(run, commands, workdirs, [cores] * len(commands)))
+
+
 def mean_std(values: list[float], digits: int = 0) -> str:
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
@@ -88,13 +100,7 @@ def main(cli: argparse.Namespace, command: Command, digits: int = 0) -> tuple[li
     cases = [(env_id, seed) for env_id in cli.envs for seed in cli.seeds]
     commands = [command(*case, cli.total_timesteps, cli.flags) for case in cases]
     workdirs = [workdir / f"{env_id.replace('/', '_')}__{seed}" for env_id, seed in cases]
-    cores = None  # (one per job, if there are enough, for the jobs to take turns on)
-    if shutil.which("taskset") and 1 < cli.jobs <= len(os.sched_getaffinity(0)):
-        cores = queue.Queue()
-        for core in sorted(os.sched_getaffinity(0))[: cli.jobs]:
-            cores.put(core)
-    with ThreadPoolExecutor(max_workers=cli.jobs) as pool:
-        results = list(pool.map(run, commands, workdirs, [cores] * len(commands)))
+    results = run_all(commands, workdirs, cli.jobs)
     print(f"runs in {workdir}; one: {shlex.join(commands[0])}")
     print("| env | seeds | eval (mean ± std over seeds) | train, last 10% | wall per run |")
     print("|---|---|---|---|---|")

@@ -2,6 +2,7 @@
 section by section" (e.g. `### §4.2 Generalized advantage estimation`), and the landmark table of
 "How the scripts read" names their definitions in order."""
 
+import difflib
 import re
 
 import pytest
@@ -44,3 +45,17 @@ def test_the_readme_landmarks_are_the_scripts_in_their_order():
         assert None not in found, (script, landmarks[found.index(None)])
         starts = [match.start() for match in found]
         assert starts == sorted(starts), script
+
+
+def test_the_readme_counts_the_lines_that_differ_between_the_scripts():
+    """The README's count of the lines `diff ppo_discrete.py ppo_continuous.py` shows, as it is."""
+    continuous, discrete = ((ROOT / script).read_text().splitlines() for script in sorted(SCRIPTS))
+    changed = [
+        line
+        for line in difflib.unified_diff(continuous, discrete, lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    counts = re.findall(
+        r"shows only what really differs \((\d+) lines\)", (ROOT / "README.md").read_text()
+    )
+    assert counts == [str(len(changed))]

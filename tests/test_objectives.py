@@ -201,20 +201,30 @@ def test_each_objective_trains_and_kl_penalty_logs_its_coefficient(tmp_path, scr
 
 def test_the_objectives_benchmark_runs_mujocos_setting_with_each_variant_and_the_papers_rule():
     """benchmarks/objectives.py: --print-command prints each variant's command, mujoco.py's with
-    the variant's flags last; the EWMA is one epoch old; minibatches 4 times smaller get the
-    learning rate / 4 and an EWMA 4 times as many steps old (its centre of mass, β / (1 - β))."""
+    the variant's flags last; the EWMA is as old as PPO's proximal policy on average (half an
+    update); minibatches 4 times smaller get the learning rate / 4 and an EWMA 4 times as many
+    steps old (its centre of mass, β / (1 - β))."""
     benchmarks = ROOT / "benchmarks"
     module = runpy.run_path(str(benchmarks / "objectives.py"))  # (not run as __main__)
     case = ["--envs", "Hopper-v5", "--seeds", "201", "--print-command"]
     setting = shlex.split(stdout_of([sys.executable, str(benchmarks / "mujoco.py"), *case], ROOT))
     printed = stdout_of([sys.executable, str(benchmarks / "objectives.py"), "mujoco", *case], ROOT)
-    variants = module["variants"](8)  # (the setting's minibatches an epoch)
+    variants = module["variants"](8, 10)  # (the setting's 10 epochs of 8 minibatches)
     assert [shlex.split(line) for line in printed.splitlines()] == [
         [*setting, *flags] for flags in variants.values()
     ]
     decay = float(variants["clip+ewma"][1])
-    assert decay / (1 - decay) == pytest.approx(8, rel=1e-5)
-    smaller = module["smaller_minibatches"](8, 3e-3, 4)
-    assert smaller[:4] == ["--num-minibatches", "32", "--learning-rate", "0.00075"]
+    assert decay / (1 - decay) == pytest.approx(10 * 8 / 2, rel=1e-5)
+    defaults = import_script("ppo_continuous.py").Args()
+    smaller = module["smaller_minibatches"](defaults, 4)
+    lr, minibatches = defaults.learning_rate, defaults.num_minibatches
+    assert smaller[:4] == [
+        "--num-minibatches",
+        str(4 * minibatches),
+        "--learning-rate",
+        f"{lr / 4:g}",
+    ]
+    default_decay = float(module["variants"](minibatches, defaults.update_epochs)["clip+ewma"][1])
     small_decay = float(smaller[5])
-    assert small_decay / (1 - small_decay) == pytest.approx(4 * 8, rel=1e-5)
+    expected = 4 * default_decay / (1 - default_decay)
+    assert small_decay / (1 - small_decay) == pytest.approx(expected, rel=1e-5)
