@@ -225,7 +225,7 @@ def kl_penalty_loss(ratio: Tensor, advantages: Tensor, kl: Tensor, kl_coef: floa
 
 
 def adapted_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
-    """§13.2 β after an update of KL d (PPO paper §4): ×2 if d > 1.5 d_targ, /2 if d < d_targ/1.5"""
+    """§13.2 the next β (PPO paper Sec. 4): ×2 if the KL d > 1.5 d_targ, /2 if d < d_targ / 1.5"""
     return kl_coef * 2 if kl > 1.5 * kl_target else kl_coef / 2 if kl < kl_target / 1.5 else kl_coef
 
 
@@ -284,7 +284,7 @@ def train(
     trained["ewma"] = ewma  # §13.2 PPO-EWMA's proximal policy: an average of the agent's weights
     start_iteration, global_step = on_start(trained) if on_start else (0, 0)  # Part 2: resume
     group = optimizer.param_groups[0]  # (after on_start: a resume replaces the groups)
-    policy_loss = {  # the policy objective --policy-loss names (§3.1, §13.2), as a loss
+    objective = {  # the policy objective --policy-loss names (§3.1, §13.2), as a loss
         "clip": lambda r, a, kl: clipped_surrogate_loss(r, a, args.clip_coef),  # (r, Â, KL)
         "kl_penalty": lambda r, a, kl: kl_penalty_loss(r, a, kl, group["kl_coef"]),
         "truly": lambda r, a, kl: truly_loss(r, a, kl, args.trust_region_kl, args.rollback_coef),
@@ -371,11 +371,12 @@ def train(
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_obs, mb_actions)
                 prox_logprob = b_logprobs[mb_inds]  # §13.2 π_prox: the behaviour policy (PPO), or
                 if ewma is not None:  # PPO-EWMA's, the policy of the agent's weights averaged
-                    prox_logprob = ewma.module.get_action_and_value(mb_obs, mb_actions)[1].detach()
+                    with torch.no_grad():
+                        prox_logprob = ewma.module.get_action_and_value(mb_obs, mb_actions)[1]
                 logratio = newlogprob - prox_logprob
-                ratio = logratio.exp()  # §2.3 r_t(θ) = π_θ(a|s) / π_θold(a|s), PPO paper Eq. 6
+                ratio = logratio.exp()  # §2.3 r = π_θ(a|s) / π_θold(a|s), Eq. 6 (EWMA: / π_prox)
                 kl = (ratio - 1) - logratio  # §10.1 per sample; its mean estimates KL[π_old, π_θ]
-                # Â: §8.6 to mean 0 and std 1 over the minibatch, then weighed by π_prox / π_old
+                # Â: §8.6 to mean 0 and std 1 over the minibatch, then weighted by π_prox / π_old
                 # (§13.2 PPO-EWMA's decoupled objective; 1, exactly, in PPO)
                 mb_advantages = b_advantages[mb_inds]
                 if args.norm_adv:
@@ -383,7 +384,7 @@ def train(
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / std
                 mb_advantages = mb_advantages * (prox_logprob - b_logprobs[mb_inds]).exp()
 
-                pg_loss = policy_loss(ratio, mb_advantages, kl)  # §3.1 -L^CLIP, or §13.2's
+                pg_loss = objective(ratio, mb_advantages, kl)  # §3.1 -L^CLIP, or §13.2's
                 v_clip = args.clip_coef if args.clip_vloss else None  # §5.2 is optional
                 v_loss = value_loss(newvalue, b_values[mb_inds], b_returns[mb_inds], v_clip)
                 entropy_loss = entropy.mean()  # §6 E_t[H(π_θ, s_t)]
@@ -405,12 +406,14 @@ def train(
                     agent.parameters(), args.max_grad_norm, error_if_nonfinite=True
                 )
                 optimizer.step()
-                if ewma is not None:  # §13.2 θ_prox ← β θ_prox + (1 - β) θ after each step
+                if ewma is not None:  # §13.2 θ_prox ← β θ_prox + (1 - β) θ (the first step: θ)
                     ewma.update_parameters(agent)
             if kl_exceeded:
                 break
-        if args.policy_loss == "kl_penalty":  # §13.2 β for the next update, from this one's KL d
-            d = torch.stack(stats["approx_kl"][-args.num_minibatches :]).mean().item()  # last epoch
+        if args.policy_loss == "kl_penalty":  # §13.2 β from d, the KL after this update (Sec. 4)
+            with torch.inference_mode():  # (d: §10.1's estimate, over the whole batch)
+                logratio = agent.get_action_and_value(b_obs, b_actions)[1] - b_logprobs
+            d = ((logratio.exp() - 1) - logratio).mean().item()
             group["kl_coef"] = adapted_kl_coef(group["kl_coef"], d, args.trust_region_kl)
             writer.add_scalar("charts/kl_coef", group["kl_coef"], global_step)
 
@@ -448,9 +451,8 @@ def evaluate(
         env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
     episodic_returns = []
     for episode in range(args.eval_episodes):
-        obs, _ = env.reset(
-            seed=args.seed + args.num_envs if episode == 0 else None
-        )  # (then its RNG)
+        # The first episode is seeded; the later ones continue its RNG.
+        obs, _ = env.reset(seed=args.seed + args.num_envs if episode == 0 else None)
         episodic_return, episode_over = 0.0, False
         while not episode_over:
             if on_step and episode == 0:
@@ -482,8 +484,8 @@ class LifeLossEndsBootstrap(gym.vector.VectorWrapper):
 
 
 def make_env(env_id: str, render: bool) -> gym.Env:
-    """One env (in color if render), make_envs' copies and evaluation's: Atari's gives make_envs'
-    observations bit for bit (whole games). MinAtar's ids need minatar's registering (async too)."""
+    """One env (in color if render): make_envs' copies, and evaluation's (Atari's: make_envs'
+    observations bit for bit, whole games). MinAtar registers its ids here (async workers too)."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         importlib.import_module("minatar.gym").register_envs()
     if not env_id.startswith("ALE/"):
@@ -679,15 +681,17 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
     positive += ("learning_rate", "clip_coef", "max_grad_norm", "target_kl", "trust_region_kl")
     non_negative = ("ent_coef", "vf_coef", "rollback_coef", "eval_episodes", "eval_every")
     non_negative += ("checkpoint_every",)
-    for name, value in asdict(args).items():  # (target_kl, ewma_decay: None, or in range)
+    for name, value in asdict(args).items():  # (target_kl: None, or positive)
         if isinstance(value, float) and not np.isfinite(value):
             return f"--{name.replace('_', '-')} must be a finite number, got {value}"
         if name in positive and value is not None and value <= 0:
             return f"--{name.replace('_', '-')} must be positive, got {value}"
-        if name in ("gamma", "gae_lambda", "ewma_decay") and not 0 <= (value or 0) <= 1:
+        if name in ("gamma", "gae_lambda") and not 0 <= value <= 1:
             return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
         if name in non_negative and value < 0:
             return f"--{name.replace('_', '-')} must be non-negative, got {value}"
+    if args.ewma_decay is not None and not 0 <= args.ewma_decay < 1:  # (1: an EWMA that stays)
+        return f"--ewma-decay must be in [0, 1), got {args.ewma_decay}"
     if not all(size > 0 for size in args.hidden_sizes):
         return f"--hidden-sizes must be positive, got {' '.join(map(str, args.hidden_sizes))}"
     if not 0 <= args.seed < 2**31:  # (with room for the envs' seeds, seed + index + step)
@@ -897,15 +901,11 @@ class Gif:
         print(f"gif saved to {self.path}")
 
 
-class NoLog:
-    """The writer of torchrun's ranks but 0 and of --eval-only: it logs nothing."""
-
+class NoLog:  # the writer of torchrun's ranks but 0 and of --eval-only: it logs nothing
     add_scalar = add_text = flush = close = staticmethod(lambda *args: None)
 
 
-class FiniteCheck(gym.vector.VectorWrapper):
-    """Raises FloatingPointError on a NaN or infinite observation (final ones too) or reward."""
-
+class FiniteCheck(gym.vector.VectorWrapper):  # a NaN or infinite observation or reward raises
     def step(self, actions: np.ndarray) -> tuple:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
         finite = np.isfinite(obs).reshape(len(rewards), -1).all(axis=1) & np.isfinite(rewards)
@@ -947,7 +947,7 @@ class LongRun:
             else:  # (its generator was not saved: it seeds anew, not as at the run's start)
                 torch.manual_seed(self.args.seed + self.rank + global_step)
         if dist.is_initialized():  # (rank 0's weights, and §13.2 PPO-EWMA's average of them)
-            for module in [module for module in (trained["model"], trained["ewma"]) if module]:
+            for module in (m for m in (trained["model"], trained["ewma"]) if m is not None):
                 for param in module.parameters():
                     dist.broadcast(param.data, src=0)
             average_gradients_over_ranks(trained["model"], trained["optimizer"])

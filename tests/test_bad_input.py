@@ -45,8 +45,9 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--clip-coef=-inf"], "--clip-coef must be a finite number"),
     (["--seed", "-1"], "--seed must be in [0, 2**31)"),
     # §13.2's flags
-    (["--ewma-decay", "1.5"], "--ewma-decay must be in [0, 1], got 1.5"),
-    (["--ewma-decay", "-0.1"], "--ewma-decay must be in [0, 1]"),
+    (["--ewma-decay", "1.5"], "--ewma-decay must be in [0, 1), got 1.5"),
+    (["--ewma-decay", "-0.1"], "--ewma-decay must be in [0, 1)"),
+    (["--ewma-decay", "1"], "--ewma-decay must be in [0, 1), got 1.0"),  # (a frozen EWMA)
     (["--ewma-decay", "nan"], "--ewma-decay must be a finite number"),
     (["--trust-region-kl", "0"], "--trust-region-kl must be positive"),
     (["--rollback-coef", "-1"], "--rollback-coef must be non-negative"),

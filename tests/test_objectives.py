@@ -100,14 +100,14 @@ class Quiet:
     add_scalar = add_text = flush = close = staticmethod(lambda *args: None)
 
 
-def trained_parameters(module, env_id: str, **flags) -> dict[str, torch.Tensor]:
+def trained_parameters(module, env_id: str, on_start=None, **flags) -> dict[str, torch.Tensor]:
     """The agent after a small in-process train() of `module` (its Args, with flags)."""
     args = module.Args(env_id=env_id, total_timesteps=1024, num_envs=2, num_steps=128)
     for name, value in {"num_minibatches": 4, "eval_episodes": 0, **flags}.items():
         setattr(args, name, value)
     threads = torch.get_num_threads()
     try:
-        return module.train(args, writer=Quiet()).state_dict()
+        return module.train(args, writer=Quiet(), on_start=on_start).state_dict()
     finally:
         torch.set_num_threads(threads)
 
@@ -153,10 +153,63 @@ def test_ewma_of_decay_zero_with_one_step_per_update_is_ppo(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_unclipped_the_decoupled_objective_is_ppos_whatever_the_proximal_policy(script):
+    """(π_prox / π_old) (π_θ / π_prox) = π_θ / π_old: where clipping is never active (ε = 100),
+    PPO-EWMA's objective is PPO's, its proximal policy cancelling, step after step. (A weight of
+    π_old / π_prox, or a ratio against another policy, would not cancel.)"""
+    module = import_script(script)
+    ppo = trained_parameters(module, ENVS[script], clip_coef=100.0)
+    ewma = trained_parameters(module, ENVS[script], clip_coef=100.0, ewma_decay=0.5)
+    for key in ppo:
+        torch.testing.assert_close(ewma[key], ppo[key], rtol=1e-3, atol=1e-3)  # (inverted: 0.3)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_ewma_averages_the_agents_weights_after_each_step(script):
+    """θ_prox ← β θ_prox + (1 - β) θ after each optimizer step (the first step copies θ, as torch's
+    AveragedModel does): checked against the agent's weights recorded after each step."""
+    module, decay, recorded = import_script(script), 0.5, {}
+
+    def on_start(trained: dict) -> tuple[int, int]:
+        model, recorded["ewma"], recorded["steps"] = trained["model"], trained["ewma"], []
+
+        def after_step(*args: object) -> None:
+            recorded["steps"].append({k: v.clone() for k, v in model.state_dict().items()})
+
+        trained["optimizer"].register_step_post_hook(after_step)
+        return 0, 0
+
+    one_update = {"total_timesteps": 256, "num_minibatches": 1, "update_epochs": 3}
+    trained_parameters(module, ENVS[script], on_start, **one_update, ewma_decay=decay)
+    expected, *later = recorded["steps"]
+    for weights in later:
+        expected = {key: decay * expected[key] + (1 - decay) * weights[key] for key in expected}
+    averaged = recorded["ewma"].module.state_dict()
+    assert len(later) == 2
+    for key in expected:
+        torch.testing.assert_close(averaged[key], expected[key])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_kl_penalty_measures_its_kl_after_the_update(monkeypatch, script):
+    """One gradient step an update: the KL it makes, measured after it, exceeds a tiny d_targ, and
+    β doubles each iteration (measured before the steps, it would be 0, and β would halve)."""
+    betas = []
+    record = staticmethod(
+        lambda tag, value, step: betas.append(value) if tag == "charts/kl_coef" else None
+    )
+    monkeypatch.setattr(Quiet, "add_scalar", record)
+    one_step = {"num_minibatches": 1, "update_epochs": 1, "trust_region_kl": 1e-9}
+    trained_parameters(import_script(script), ENVS[script], **one_step, policy_loss="kl_penalty")
+    assert betas == [2.0, 4.0, 8.0, 16.0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_a_resumed_ewma_run_is_the_uninterrupted_one(tmp_path, script):
-    """The checkpoint holds the EWMA (its weights and its count): a run extended by --resume ends
-    with the same agent and the same EWMA as one run straight through."""
+    """The checkpoint holds the EWMA (its weights and its count) and the KL penalty's β: a run
+    extended by --resume ends with the same agent, EWMA and β as one run straight through."""
     flags = [*toy_env("ConstantReward", script), *ALIGNED, "--no-anneal-lr", "--ewma-decay", "0.8"]
+    flags += ["--policy-loss", "kl_penalty"]
     straight = run_in(tmp_path / "straight", script, *flags, "--total-timesteps", str(4 * BATCH))
     stopped = run_in(tmp_path / "stopped", script, *flags, "--total-timesteps", str(2 * BATCH))
     halfway = load(stopped / "checkpoint.pt")
@@ -167,6 +220,8 @@ def test_a_resumed_ewma_run_is_the_uninterrupted_one(tmp_path, script):
     assert halfway["ewma"]["n_averaged"] == steps and resumed["ewma"]["n_averaged"] == 2 * steps
     for name in ("model", "ewma"):
         assert all(torch.equal(expected[name][k], resumed[name][k]) for k in expected[name])
+    betas = [run["optimizer"]["param_groups"][0]["kl_coef"] for run in (halfway, resumed, expected)]
+    assert betas[0] != 1.0 and betas[1] == betas[2]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
