@@ -14,7 +14,7 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
@@ -493,7 +493,7 @@ import shlex
 import signal
 import sys
 import traceback
-from dataclasses import field, fields, replace
+from dataclasses import asdict, field, fields, replace
 
 import torch.distributed as dist
 from PIL import Image
