@@ -395,7 +395,7 @@ def train(
             if kl_exceeded:
                 break
         if args.policy_loss == "kl_penalty":  # §13.2 β from d, the KL after this update (Sec. 4)
-            with torch.inference_mode():  # (d: §10.1's estimate, over the whole batch)
+            with torch.inference_mode():  # log-ratios (batch_size,); d: their §10.1 estimate
                 logratio = agent.get_action_and_value(b_obs, b_actions)[1] - b_logprobs
             d = ((logratio.exp() - 1) - logratio).mean().item()
             group["kl_coef"] = adapted_kl_coef(group["kl_coef"], d, args.trust_region_kl)
