@@ -54,7 +54,6 @@ class Args:
     norm_reward: bool = False  # rewards are divided by the running std of discounted returns (§8.5)
     hidden_sizes: tuple[int, ...] = (64, 64)  # MLPs' hidden layers (§8.1; none: linear; not images)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
-
     # The run: its name, randomness, hardware and evaluation.
     exp_name: str = os.path.basename(__file__).removesuffix(".py")  # part of the run's directory
     seed: int = 1  # seed of the experiment (torch's generator and the environments)
@@ -250,7 +249,6 @@ def train(
         torch.set_num_threads(1)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}") if writer is None else writer
-
     num_envs = envs.num_envs  # the envs stepped here (args.num_envs, or a process's share of them)
     batch_size = num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
@@ -301,7 +299,6 @@ def train(
                 action, logprob, _, value = agent.get_action_and_value(next_obs)
             values[step], logprobs[step] = value.cpu().numpy(), logprob.cpu().numpy()
             actions[step] = action.cpu().numpy()
-
             # The policy's actions are 0..n-1; the env's start at action_space.start (often 0).
             env_action = action.cpu().numpy() + action_space.start
             next_obs_raw, reward, terminated, truncated, infos = envs.step(env_action)
@@ -325,7 +322,6 @@ def train(
                 recent_returns.append(float(infos["episode"]["r"][i]))
                 writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                 writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
-
         rollout_sps = int(args.num_steps * args.num_envs / max(time.time() - rollout_start, 1e-6))
 
         # §9.1 phase 2: advantages and returns
@@ -490,10 +486,11 @@ import copy
 import importlib.util
 import pickle
 import shlex
+import shutil
 import signal
 import sys
 import traceback
-from dataclasses import asdict, field, fields, replace
+from dataclasses import asdict, fields, replace
 
 import torch.distributed as dist
 from PIL import Image
@@ -506,16 +503,25 @@ except ImportError:
     import msvcrt
 
 SCRIPT = os.path.basename(__file__)
-# agent.pt (--save-model) holds what evaluation needs; checkpoint.pt adds the rest of training.
-AGENT_KEYS = ("args", "model", "obs_rms")
+AGENT_KEYS = ("args", "model", "obs_rms")  # agent.pt's (for evaluation); checkpoint.pt's add:
 CHECKPOINT_KEYS = (*AGENT_KEYS, "script", "spaces", "optimizer", "iteration", "global_step", "rng")
 # Ctrl-C, a cluster's or kill's request, a closed terminal (POSIX); one ignored (nohup) stays so
 SIGNALS = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
 STOP_SIGNALS = [s for s in SIGNALS if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
+GIF_BYTES = 2**30  # --capture-gif keeps 1 GiB of frames at most: a longer episode, its start
 CHECKPOINT_SECONDS = 60  # checkpoint.pt is written at the first boundary this long after the last
 # The flags --resume and --eval-only take from the command line (--env-id only to confirm it)
 RESUME_FLAGS = ("total_timesteps", "env_id", "track", "wandb_project_name", "wandb_entity")
 EVAL_ONLY_FLAGS = ("eval_episodes", "capture_gif", "cuda", "env_id")
+# Each number flag's interval, as in math ("[0, 1)": 0, not 1; None: unset), checked at start
+INTERVALS = {"total_timesteps": "(0, inf)", "learning_rate": "(0, inf)", "num_envs": "(0, inf)"}
+INTERVALS |= {"num_steps": "(0, inf)", "gamma": "[0, 1]", "gae_lambda": "[0, 1]"}
+INTERVALS |= {"num_minibatches": "(0, inf)", "update_epochs": "(0, inf)", "clip_coef": "(0, inf)"}
+INTERVALS |= {"ent_coef": "[0, inf)", "vf_coef": "[0, inf)", "max_grad_norm": "(0, inf)"}
+INTERVALS |= {"target_kl": "(0, inf)", "trust_region_kl": "(0, inf)", "rollback_coef": "[0, inf)"}
+INTERVALS |= {"ewma_decay": "[0, 1)", "init_logstd": "(-inf, inf)", "hidden_sizes": "(0, inf)"}
+INTERVALS |= {"seed": f"[0, {2**31})"}  # (room for the envs' seeds, seed + index + step)
+INTERVALS |= {"eval_episodes": "[0, inf)", "eval_every": "[0, inf)", "checkpoint_every": "[0, inf)"}
 
 
 @dataclass
@@ -561,8 +567,6 @@ def main() -> dict:
         iteration, steps = saved["iteration"], saved["global_step"]
         more = f"resume with --total-timesteps {steps + args.num_envs * args.num_steps} or more"
         done = f"{saved_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
-        if iteration > args.iterations:  # (trained beyond the budget)
-            sys.exit(f"error: {done}: {more}")
         print(f"{done}: {next_command(args, saved_dir, iteration)}, or {more}")
         sys.exit(0)  # (a job that resubmits itself until done ends here)
     # async workers inherit the stop signals blocked (POSIX): Ctrl-C does not end them mid-step
@@ -585,24 +589,18 @@ def main() -> dict:
             load_states(saved, {"model": trained["model"], "obs_rms": trained["obs_rms"]})
             return args.iterations, 0
 
-        args = replace(args, save_model=False)
-        lock = claim_run_dir(saved_dir, args) if args.capture_gif else None  # (its GIF goes there)
         print(f"evaluating {saved_path}: {args.eval_episodes} episodes of {args.env_id}")
-        gif = Gif(f"{saved_dir}/episode.gif") if args.capture_gif else None
+        gif = Gif(f"{saved_dir}/episode.gif") if args.capture_gif else None  # (written whole)
         try:
             train(args, envs, NoLog(), load_saved_agent, on_eval_step=gif.add if gif else None)
             if gif:
                 gif.write()
         except Exception as e:  # noqa: BLE001 (the env's code, the disk)
             sys.exit(f"error: evaluation failed: {one_line(e)}")
-        finally:
-            if lock is not None:  # (for a caller in the same process: the end frees it)
-                os.close(lock)
         sys.exit(0)
-    # A resumed run continues in its directory; rank 0 makes a new one's. Rank 0 claims it before
-    # torchrun's processes meet: a refusal ends them all.
+    # A resumed run's directory, or rank 0 makes one; rank 0 claims it before torchrun's meet
     run_dir = saved_dir if saved is not None else new_run_dir(args) if rank == 0 else None
-    lock = claim_run_dir(run_dir, args) if rank == 0 else None
+    lock = claim_run_dir(run_dir, new=saved is None) if rank == 0 else None
     if lock is not None and args.resume is not None:  # (it was read before this lock)
         latest = load_checkpoint(saved_path, CHECKPOINT_KEYS)  # has a run written it since?
         if latest["global_step"] != saved["global_step"]:
@@ -661,25 +659,13 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
     gpus, local_size = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if args.cuda and 0 < gpus < local_size:  # torchrun's processes on this machine, a GPU each
         return f"--cuda gives each process a GPU: start at most {gpus} here, not {local_size}"
-    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    positive += ("learning_rate", "clip_coef", "max_grad_norm", "target_kl", "trust_region_kl")
-    non_negative = ("ent_coef", "vf_coef", "rollback_coef", "eval_episodes", "eval_every")
-    non_negative += ("checkpoint_every",)
-    for name, value in asdict(args).items():  # (target_kl: None, or positive)
-        if isinstance(value, float) and not np.isfinite(value):
-            return f"--{name.replace('_', '-')} must be a finite number, got {value}"
-        if name in positive and value is not None and value <= 0:
-            return f"--{name.replace('_', '-')} must be positive, got {value}"
-        if name in ("gamma", "gae_lambda") and not 0 <= value <= 1:
-            return f"--{name.replace('_', '-')} must be in [0, 1], got {value}"
-        if name in non_negative and value < 0:
-            return f"--{name.replace('_', '-')} must be non-negative, got {value}"
-    if args.ewma_decay is not None and not 0 <= args.ewma_decay < 1:  # (1: an EWMA that stays)
-        return f"--ewma-decay must be in [0, 1), got {args.ewma_decay}"
-    if not all(size > 0 for size in args.hidden_sizes):
-        return f"--hidden-sizes must be positive, got {' '.join(map(str, args.hidden_sizes))}"
-    if not 0 <= args.seed < 2**31:  # (with room for the envs' seeds, seed + index + step)
-        return f"--seed must be in [0, 2**31), got {args.seed}"
+    for name, value in asdict(args).items():  # numbers, and tuples of them (not bool; None: unset)
+        flag, numbers = f"--{name.replace('_', '-')}", value if type(value) is tuple else (value,)
+        for number in (x for x in numbers if type(x) in (int, float)):
+            if name not in INTERVALS:  # (a flag new in a copy of this script)
+                return f"{flag} has no interval: give it one in INTERVALS (Part 2)"
+            if not in_interval(number, INTERVALS[name]):  # (NaN is in none)
+                return f"{flag} must be in {INTERVALS[name]}, got {value}"
     if args.track and not args.eval_only and importlib.util.find_spec("wandb") is None:
         return "--track needs wandb, which is not installed: pip install wandb"
     if (args.capture_gif or args.eval_every or args.eval_only) and not args.eval_episodes:
@@ -696,7 +682,14 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
         return "--norm-adv needs minibatches of at least 2 samples: lower --num-minibatches"
     if args.total_timesteps < (batch_size := args.num_envs * args.num_steps):
         return f"--total-timesteps {args.total_timesteps} is below one batch ({batch_size} steps)"
+
     return None
+
+
+def in_interval(x: float, interval: str) -> bool:  # (INTERVALS')
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = low <= x if interval[0] == "[" else low < x
+    return above and (x <= high if interval[-1] == "]" else x < high)
 
 
 def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> str | None:
@@ -724,6 +717,7 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
     spaces = [str(obs_space), str(action_space)]  # (a checkpoint saves them; agent.pt does not)
     if saved is not None and saved.get("spaces", spaces) != spaces:
         return f"the saved run is for spaces {saved['spaces']}; {env_id} has {spaces}"
+
     return None
 
 
@@ -741,6 +735,8 @@ def saved_run_args(args: RunArgs, saved_args: dict) -> RunArgs:
         except TypeCheckError:
             raise ValueError(f"its saved {name} {value!r} is not a {types[name]}") from None
     saved = RunArgs(**saved_args)  # (with its mode's path: a resumed run saved its --resume too)
+    if newer := [f"--{name.replace('_', '-')}" for name in types if name not in saved_args]:
+        print(f"the saved run predates {' '.join(newer)}: they take their defaults")
     saved = replace(saved, resume=args.resume, eval_only=None if resume else args.eval_only)
     typed = tyro.cli(RunArgs, default=saved)  # the command line over the saved arguments
     changed = [name for name in types if repr(getattr(typed, name)) != repr(getattr(saved, name))]
@@ -779,21 +775,23 @@ def new_run_dir(args: RunArgs) -> str:
         sys.exit(f"error: cannot make the run directory in {os.getcwd()}: {e.strerror}")
 
 
-def claim_run_dir(run_dir: str, args: RunArgs) -> int:
+def claim_run_dir(run_dir: str, new: bool = False) -> int:
     """One process writes into a run directory: it holds run_dir/lock (returned) until it closes
-    it or ends, however it ends; another exits. Links planted there are never followed."""
+    it or ends, however it ends; another exits. PPO_NO_LOCK=1: the file, not locked (README)."""
+    lock, unlocked = None, os.environ.get("PPO_NO_LOCK") == "1"
     try:  # (O_NOFOLLOW: POSIX's; msvcrt: Windows's lock)
         flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         lock = os.open(f"{run_dir}/lock", flags, 0o644)  # (not 0o777's default: no executable)
-        if fcntl is not None:
+        if fcntl is not None and not unlocked:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:
+        elif not unlocked:
             msvcrt.locking(lock, msvcrt.LK_NBLCK, 1)
-    except OSError as e:  # (held by another process, or no lock file can be made there)
-        sys.exit(f"error: {run_dir} is in use by another process, or takes no lock: {e.strerror}")
-    for name, written in (("agent.pt", args.save_model), ("episode.gif", args.capture_gif)):
-        if written and os.path.islink(path := f"{run_dir}/{name}"):
-            os.remove(path)
+    except OSError as e:  # (the lock is held: POSIX's EAGAIN, Windows's EACCES errors)
+        if new:  # a refused start leaves nothing behind (a new run's directory holds its lock)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if lock is not None and isinstance(e, BlockingIOError | PermissionError):
+            sys.exit(f"error: {run_dir} is in use by another process (it holds {run_dir}/lock)")
+        sys.exit(f"error: cannot lock {run_dir}/lock: {one_line(e)} (no locks here? PPO_NO_LOCK=1)")
     return lock
 
 
@@ -828,8 +826,8 @@ def load_states(saved: dict, objects: dict) -> None:
     for name, obj in objects.items():
         try:
             if isinstance(obj, RunningMeanStd):
-                if tuple(saved[name]["mean"].shape) != obj.mean.shape:
-                    raise ValueError(f"its shape is {tuple(saved[name]['mean'].shape)}")
+                if (shape := tuple(saved[name]["mean"].shape)) != obj.mean.shape:
+                    raise ValueError(f"its shape is {shape}")
                 obj.mean, obj.var = saved[name]["mean"].numpy(), saved[name]["var"].numpy()
                 obj.count = float(saved[name]["count"])
             elif obj is not None:  # a network or an optimizer
@@ -858,31 +856,32 @@ def write_atomically(path: str, write: Callable[..., object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
+    except OSError as e:  # (a file object's names no file: this names `path`)
+        raise OSError(e.errno, e.strerror or str(e), path) from e
     finally:  # (a failed write's temp file would only take the space a full disk lacks)
         if os.path.lexists(temp):
             os.remove(temp)
 
 
-@dataclass
 class Gif:
     """--capture-gif: the frames of evaluation's first episode (MinAtar's, 10x10 floats in [0, 1]:
     uint8, 16x16 pixels each), written to `path` atomically when evaluation is over."""
 
-    path: str
-    frames: list = field(default_factory=list)
-    fps: float | None = None  # the env's (None: 30)
+    def __init__(self, path: str) -> None:  # fps: the env's render_fps (None: 30)
+        self.path, self.frames, self.fps = path, [], None
 
     def add(self, env: gym.Env) -> None:  # evaluate's on_step
         frame, self.fps = env.render(), env.metadata.get("render_fps")  # (height, width, 3)
         if frame.dtype != np.uint8:
             frame = np.kron(frame * 255, np.ones((16, 16, 1))).astype(np.uint8)
-        self.frames.append(Image.fromarray(frame))
+        if (len(self.frames) + 1) * frame.nbytes <= GIF_BYTES:  # (bounded memory)
+            self.frames.append(Image.fromarray(frame))
 
     def write(self) -> None:
         first, frame_ms = self.frames[0], 1000 / (self.fps or 30)
         gif = {"save_all": True, "append_images": self.frames[1:], "duration": frame_ms, "loop": 0}
         write_atomically(self.path, lambda f: first.save(f, "GIF", **gif))
-        print(f"gif saved to {self.path}")
+        print(f"gif saved to {self.path} ({len(self.frames)} frames)")
 
 
 class NoLog:  # the writer of torchrun's ranks but 0 and of --eval-only: it logs nothing
@@ -913,11 +912,7 @@ class LongRun:
         self.signal = self.stopped_by = None  # this rank's first signal; any rank's
         self.stop_at_once = False  # (no boundary ahead: in an evaluation, after the last)
         self.state, self.written_at = None, time.monotonic()  # the last boundary's; its last write
-        # (a resumed run purges what the stopped process logged after its checkpoint)
-        purge_step = None if saved is None else saved["global_step"] + 1
-        self.writer = NoLog() if self.rank else SummaryWriter(run_dir, purge_step=purge_step)
-        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.on_disk = None if saved is None else saved["iteration"]  # checkpoint.pt's iteration
 
     def start(self, trained: dict) -> tuple[int, int]:
         """on_start: loads --resume's checkpoint; under torchrun, the ranks become one agent."""
@@ -968,10 +963,10 @@ class LongRun:
         if stopped_by:
             self.stopped_by = int(stopped_by)
             sys.exit(128 + self.stopped_by)
-        every, model, obs_rms = self.args.eval_every, self.trained["model"], self.trained["obs_rms"]
-        if self.rank == 0 and every and iteration % every == 0 and not last:  # (train() does last)
+        every = self.args.eval_every  # (the last iteration's evaluation is train()'s)
+        if self.rank == 0 and every and iteration % every == 0 and not last:
             self.stop_at_once = True
-            returns = evaluate(model, self.args, obs_rms)
+            returns = evaluate(self.trained["model"], self.args, self.trained["obs_rms"])
             self.writer.add_scalar("eval/episodic_return", np.mean(returns), global_step)
         self.stop_at_once = last  # (after the last: train()'s evaluation)
 
@@ -979,12 +974,16 @@ class LongRun:
         """checkpoint.pt, and (--save-model) agent.pt: what evaluation needs of the same state."""
         if self.rank == 0 and self.state is not None:
             write_atomically(f"{self.run_dir}/checkpoint.pt", lambda f: torch.save(self.state, f))
+            self.written_at, self.on_disk = time.monotonic(), self.state["iteration"]
             if self.args.save_model:
                 agent_file = {key: self.state[key] for key in AGENT_KEYS}
                 write_atomically(f"{self.run_dir}/agent.pt", lambda f: torch.save(agent_file, f))
-            self.written_at = time.monotonic()
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> None:  # (in main's try: a writer that cannot start is one line)
+        purge_step = None if self.saved is None else self.saved["global_step"] + 1  # (resumed)
+        self.writer = NoLog() if self.rank else SummaryWriter(self.run_dir, purge_step=purge_step)
+        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(self.args).items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.handlers = {s: signal.signal(s, self.request_stop) for s in STOP_SIGNALS}
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
@@ -1016,6 +1015,8 @@ def statistics_state(rms: RunningMeanStd | None) -> dict[str, Tensor] | None:
 
 def one_line(error: Exception) -> str:
     """An exception as one line: its type and its message's first line, whole."""
+    if isinstance(error, OSError) and error.strerror:  # its cause and file: "no space left on ..."
+        return error.strerror.lower() + (f": {error.filename}" if error.filename else "")
     message = str(error).strip().split("\n")[0].removesuffix(".")
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
@@ -1030,16 +1031,15 @@ def run_failure(error: BaseException, long_run: LongRun) -> str:
     with contextlib.suppress(OSError):  # (a disk that takes no file: the line alone)
         write_atomically(f"{run_dir}/{name}", lambda f: f.write(text))
         line += f" (traceback in {run_dir}/{name})"
-    if state is not None and os.path.exists(f"{run_dir}/checkpoint.pt"):
-        line += f"; {next_command(long_run.args, run_dir, state['iteration'])}"
+    if long_run.on_disk is not None:  # the iteration of the checkpoint.pt there
+        line += f"; {next_command(long_run.args, run_dir, long_run.on_disk)}"
     return line
 
 
 def average_gradients_over_ranks(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """torchrun runs this script in K processes (ranks), num_envs / K envs each; all call this and
-    sync_statistics_over_ranks at the same point (a collective waits for all). Once backward()
-    has every gradient, one all_reduce (9x faster than one per parameter) makes each the ranks'
-    mean: all take the same step (§8.6 advantages normalized per rank, as in CleanRL's)."""
+    """torchrun runs this script in K processes (ranks), num_envs / K envs each, all calling this
+    and sync_statistics_over_ranks alike. Once backward() has every gradient, one all_reduce makes
+    each the ranks' mean: all take the same step (§8.6 advantages normalized per rank)."""
     params = [param for param in model.parameters() if param.requires_grad]
     done = []  # the parameters whose gradient this backward() has completed
 

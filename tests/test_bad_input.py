@@ -1,11 +1,13 @@
 """Bad input: a one-line error and a non-zero exit before any run directory is made."""
 
+import re
 import subprocess
 import sys
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
-from conftest import ACTION_KIND, ROOT, SCRIPTS
+from conftest import ACTION_KIND, ROOT, SCRIPTS, import_script
 
 OTHER_SCRIPT = {"ppo_continuous.py": "ppo_discrete.py", "ppo_discrete.py": "ppo_continuous.py"}
 BAD_ARGS = [  # (arguments, a fragment of the error)
@@ -15,43 +17,43 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
     (["--env-id", "toy_envs:MatrixObservation{kind}-v0"], "or a uint8/bool image"),
     (["--env-id", "toy_envs:TinyImage{kind}-v0"], "images of 3x3 or more"),
     (["--env-id", "toy_envs:UintImage{kind}-v0", "--norm-obs"], "without --norm-obs"),
-    (["--num-envs", "0"], "--num-envs must be positive"),
-    (["--num-steps", "-1"], "--num-steps must be positive"),
-    (["--total-timesteps", "0"], "--total-timesteps must be positive"),
-    (["--update-epochs", "0"], "--update-epochs must be positive"),
-    (["--num-minibatches", "0"], "--num-minibatches must be positive"),
-    (["--learning-rate", "0"], "--learning-rate must be positive"),
-    (["--clip-coef", "-0.2"], "--clip-coef must be positive"),
-    (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    (["--num-envs", "0"], "--num-envs must be in (0, inf), got 0"),
+    (["--num-steps", "-1"], "--num-steps must be in (0, inf), got -1"),
+    (["--total-timesteps", "0"], "--total-timesteps must be in (0, inf)"),
+    (["--update-epochs", "0"], "--update-epochs must be in (0, inf)"),
+    (["--num-minibatches", "0"], "--num-minibatches must be in (0, inf)"),
+    (["--learning-rate", "0"], "--learning-rate must be in (0, inf), got 0.0"),
+    (["--clip-coef", "-0.2"], "--clip-coef must be in (0, inf)"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1], got 1.5"),
     (["--gae-lambda", "-0.1"], "--gae-lambda must be in [0, 1]"),
-    (["--target-kl", "0"], "--target-kl must be positive"),
-    (["--hidden-sizes", "64", "0"], "--hidden-sizes must be positive, got 64 0"),
-    (["--eval-episodes", "-1"], "--eval-episodes must be non-negative"),
+    (["--target-kl", "0"], "--target-kl must be in (0, inf)"),
+    (["--hidden-sizes", "64", "0"], "--hidden-sizes must be in (0, inf), got (64, 0)"),
+    (["--eval-episodes", "-1"], "--eval-episodes must be in [0, inf)"),
     (["--eval-episodes", "0", "--capture-gif"], "need --eval-episodes >= 1"),
     (["--eval-episodes", "0", "--eval-every", "1"], "need --eval-episodes >= 1"),
-    (["--checkpoint-every", "-1"], "--checkpoint-every must be non-negative"),
-    (["--eval-every", "-2"], "--eval-every must be non-negative"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be in [0, inf)"),
+    (["--eval-every", "-2"], "--eval-every must be in [0, inf)"),
     (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "is not divisible by"),
     (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "at least 2 samples"),
     (["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "100"], "below one batch"),
     # values that would train wrong without a word
-    (["--max-grad-norm", "-1"], "--max-grad-norm must be positive"),  # gradient ascent
-    (["--max-grad-norm", "0"], "--max-grad-norm must be positive"),
-    (["--vf-coef", "-1"], "--vf-coef must be non-negative"),
-    (["--ent-coef", "-0.01"], "--ent-coef must be non-negative"),
-    (["--target-kl", "nan"], "--target-kl must be a finite number, got nan"),  # never stops
-    (["--learning-rate", "inf"], "--learning-rate must be a finite number"),
-    (["--gamma", "nan"], "--gamma must be a finite number"),
-    (["--clip-coef=-inf"], "--clip-coef must be a finite number"),
-    (["--seed", "-1"], "--seed must be in [0, 2**31)"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be in (0, inf)"),  # gradient ascent
+    (["--max-grad-norm", "0"], "--max-grad-norm must be in (0, inf)"),
+    (["--vf-coef", "-1"], "--vf-coef must be in [0, inf)"),
+    (["--ent-coef", "-0.01"], "--ent-coef must be in [0, inf)"),
+    (["--target-kl", "nan"], "--target-kl must be in (0, inf), got nan"),  # never stops
+    (["--learning-rate", "inf"], "--learning-rate must be in (0, inf), got inf"),
+    (["--gamma", "nan"], "--gamma must be in [0, 1], got nan"),
+    (["--clip-coef=-inf"], "--clip-coef must be in (0, inf), got -inf"),
+    (["--seed", "-1"], f"--seed must be in [0, {2**31}), got -1"),
     # §13.2's flags
     (["--ewma-decay", "1.5"], "--ewma-decay must be in [0, 1), got 1.5"),
     (["--ewma-decay", "-0.1"], "--ewma-decay must be in [0, 1)"),
     (["--ewma-decay", "1"], "--ewma-decay must be in [0, 1), got 1.0"),  # (a frozen EWMA)
-    (["--ewma-decay", "nan"], "--ewma-decay must be a finite number"),
-    (["--trust-region-kl", "0"], "--trust-region-kl must be positive"),
-    (["--rollback-coef", "-1"], "--rollback-coef must be non-negative"),
-    (["--seed", str(2**32)], "--seed must be in [0, 2**31)"),
+    (["--ewma-decay", "nan"], "--ewma-decay must be in [0, 1), got nan"),
+    (["--trust-region-kl", "0"], "--trust-region-kl must be in (0, inf)"),
+    (["--rollback-coef", "-1"], "--rollback-coef must be in [0, inf)"),
+    (["--seed", str(2**32)], f"--seed must be in [0, {2**31})"),
     # envs that cannot be made, or not as asked
     (["--env-id", ":Foo-v0"], "cannot make env ':Foo-v0': ValueError: Empty module name"),
     (["--env-id", "toy_envs:FailingInConstructor{kind}-v0"], "RuntimeError: broken on purpose"),
@@ -168,3 +170,48 @@ def test_cuda_under_torchrun_needs_a_gpu_per_process(run_script, tmp_path, monke
             == "error: --cuda gives each process a GPU: start at most 1 here, not 2"
         )
     assert not list(tmp_path.glob("*/runs"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_number_flag_has_an_interval_and_a_new_one_is_refused_until_it_has(script):
+    """Validation is one table, INTERVALS: each number flag (and each number of a tuple flag)
+    has an interval there, so a flag a researcher adds is refused until it has one."""
+    module = import_script(script)
+    flags = {f.name: str(f.type) for f in fields(module.RunArgs)}  # ("<class 'int'>", ...)
+    numbers = {name for name, kind in flags.items() if re.search(r"\b(int|float)\b", kind)}
+    assert numbers <= set(module.INTERVALS)
+    assert set(module.INTERVALS) - set(flags) <= {"init_logstd"}  # (ppo_continuous.py's)
+
+    @dataclass
+    class Extended(module.RunArgs):
+        rollout_temperature: float = 1.0
+
+    error = module.args_error(Extended())
+    assert error == "--rollout-temperature has no interval: give it one in INTERVALS (Part 2)"
+    module.INTERVALS["rollout_temperature"] = "(0, inf)"
+    try:
+        assert module.args_error(Extended()) is None
+        assert "must be in (0, inf), got 0.0" in module.args_error(
+            Extended(rollout_temperature=0.0)
+        )
+    finally:
+        del module.INTERVALS["rollout_temperature"]
+
+
+@pytest.mark.parametrize(
+    ("x", "interval", "inside"),
+    [
+        (0, "[0, 1)", True),
+        (1, "[0, 1)", False),
+        (1, "[0, 1]", True),
+        (0, "(0, inf)", False),
+        (1e-300, "(0, inf)", True),
+        (float("inf"), "(0, inf)", False),
+        (float("nan"), "(-inf, inf)", False),
+        (-5.0, "(-inf, inf)", True),
+        (2**31 - 1, f"[0, {2**31})", True),
+        (2**31, f"[0, {2**31})", False),
+    ],
+)
+def test_an_interval_is_read_as_in_math(x, interval, inside):
+    assert import_script("ppo_discrete.py").in_interval(x, interval) is inside

@@ -2,16 +2,19 @@
 process on the run, an endless env, a platform without POSIX's APIs), it leaves a checkpoint that
 resumes, or one `error:` line and nothing lost."""
 
+import errno
 import fcntl
 import os
 import re
 import signal
 import subprocess
 import time
+import types
 
+import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS
+from conftest import ROOT, SCRIPTS, import_script, run_in
 from PIL import Image
 from test_long_runs import (
     ALIGNED,
@@ -23,6 +26,7 @@ from test_long_runs import (
     toy_env,
     wait_for_progress_lines,
 )
+from torch.utils.tensorboard import SummaryWriter
 from toy_envs import TIME_LIMIT
 
 DISCRETE = str(ROOT / "ppo_discrete.py")
@@ -89,24 +93,24 @@ def test_a_killed_run_without_checkpoint_flags_resumes_from_its_last_minute(tmp_
 
 
 def test_a_second_process_on_a_running_run_is_refused_and_the_first_is_untouched(tmp_path):
-    """While a run trains, --resume of it (and an --eval-only that would write its GIF there) is
-    one line; an --eval-only that writes nothing reads a whole checkpoint. The first run then
-    stops and resumes as if alone, with no traceback in its directory."""
+    """While a run trains, --resume of it is one line; an --eval-only reads a whole checkpoint
+    (and writes its GIF whole beside it: the run writes no GIF before its end, and each write
+    replaces a file whole). The first run then stops and resumes as if alone, with no traceback
+    in its directory."""
     flags = [*toy_env("NoFps", "ppo_discrete.py"), *ALIGNED, *LONG]
     first = python(tmp_path, DISCRETE, *flags, "--checkpoint-every", "1")
     wait_for_progress_lines(first, 2)
     run_dir = only_run_dir(tmp_path)
-    in_use = f"error: {run_dir} is in use by another process, or takes no lock: "
     confirm = toy_env("NoFps", "ppo_discrete.py")
-    for second in (
-        ["--resume", str(run_dir)],
-        ["--eval-only", str(run_dir), "--capture-gif", "--eval-episodes", "1"],
-    ):
-        process = python(tmp_path, DISCRETE, *second, *confirm)
-        assert process.communicate(timeout=60)[1].startswith(in_use) and process.returncode == 1
-    run_to_success(
-        tmp_path, DISCRETE, "--eval-only", str(run_dir), "--eval-episodes", "1", *confirm
+    process = python(tmp_path, DISCRETE, "--resume", str(run_dir), *confirm)
+    assert process.communicate(timeout=60)[1] == (
+        f"error: {run_dir} is in use by another process (it holds {run_dir}/lock)\n"
     )
+    assert process.returncode == 1
+    evaluation = ["--eval-only", str(run_dir), "--eval-episodes", "1", "--capture-gif"]
+    run_to_success(tmp_path, DISCRETE, *evaluation, *confirm)
+    assert Image.open(run_dir / "episode.gif").n_frames == TIME_LIMIT
+    (run_dir / "episode.gif").unlink()
     first.send_signal(signal.SIGTERM)
     ended_by(first, signal.SIGTERM)
     assert sorted(
@@ -138,22 +142,6 @@ def test_a_resume_that_read_a_checkpoint_a_run_then_rewrote_is_refused(tmp_path)
         f"error: a run wrote {run_dir}/checkpoint.pt as this one started: resume it again\n"
     )
     assert load(run_dir / "checkpoint.pt")["global_step"] == newer["global_step"]
-
-
-def test_an_eval_only_that_writes_a_gif_holds_the_lock_while_it_evaluates(tmp_path):
-    flags = [*toy_env("NoFps", "ppo_discrete.py"), *ALIGNED, "--total-timesteps", str(BATCH)]
-    run_to_success(tmp_path, DISCRETE, *flags)
-    run_dir = only_run_dir(tmp_path)
-    confirm = ["--env-id", flags[1]]
-    evaluation = ["--eval-only", str(run_dir), "--capture-gif", "--eval-episodes", "2000"]
-    evaluating = python(tmp_path, DISCRETE, *evaluation, *confirm)
-    assert evaluating.stdout.readline().startswith("evaluating ")  # (it holds the lock now)
-    more = ["--total-timesteps", str(2 * BATCH)]  # (a complete run would exit before the lock)
-    resume = python(tmp_path, DISCRETE, "--resume", str(run_dir), *confirm, *more)
-    _, stderr = resume.communicate(timeout=60)
-    evaluating.kill()
-    evaluating.communicate()
-    assert resume.returncode == 1 and "is in use by another process" in stderr
 
 
 def test_an_endless_env_is_evaluated_in_capped_episodes(tmp_path):
@@ -293,3 +281,60 @@ def test_without_posix_apis_a_run_trains_stops_resumes_and_evaluates(tmp_path, s
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
     assert load(run_dir / "checkpoint.pt")["global_step"] == 20 * BATCH
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_filesystem_without_locks_is_named_and_can_be_opted_out_of(tmp_path, monkeypatch, script):
+    """Where flock fails for want of locks (ENOLCK: some network filesystems), the start is one
+    line that says so and how to go on, and leaves no run directory behind; PPO_NO_LOCK=1 then
+    trains (unlocked)."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    flags = [*toy_env("ConstantReward", script), *ALIGNED, "--total-timesteps", str(BATCH)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, script, *flags)
+    assert re.fullmatch(
+        r"error: cannot lock runs/[^/]+/lock: no locks available \(no locks here\? PPO_NO_LOCK=1\)",
+        exit_info.value.code,
+    )
+    assert list((tmp_path / "runs").iterdir()) == []  # (a refused start leaves nothing)
+    monkeypatch.setenv("PPO_NO_LOCK", "1")
+    run_dir = run_in(tmp_path, script, *flags)
+    assert load(run_dir / "checkpoint.pt")["iteration"] == 1
+
+
+def test_a_tensorboard_writer_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    """The writer's event file cannot be made (a full or read-only disk): one line, naming the
+    cause and the file, and no traceback on the screen."""
+
+    class ReadOnlyWriter(SummaryWriter):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied", "runs/x/events.out.tfevents")
+
+    monkeypatch.setattr("torch.utils.tensorboard.SummaryWriter", ReadOnlyWriter)
+    flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED]
+    with pytest.raises(SystemExit) as exit_info:
+        run_in(tmp_path, "ppo_discrete.py", *flags, "--total-timesteps", str(BATCH))
+    assert exit_info.value.code.startswith(
+        "error: training failed: permission denied: runs/x/events.out.tfevents"
+    )
+
+
+def test_a_gif_keeps_at_most_gif_bytes_of_frames(tmp_path, monkeypatch):
+    """--capture-gif of a long episode: the frames kept stop at GIF_BYTES (the episode's start),
+    and the GIF holds those."""
+    module = import_script("ppo_discrete.py")
+    shades = iter(range(1000))  # (frames of 1,800 bytes, each a shade lighter: none merged)
+    render = lambda: np.full((20, 30, 3), next(shades) % 256, dtype=np.uint8)
+    monkeypatch.setattr(module, "GIF_BYTES", 10 * 1800)
+    env = types.SimpleNamespace(render=render, metadata={"render_fps": 50})
+    gif = module.Gif(str(tmp_path / "episode.gif"))
+    for _ in range(1000):
+        gif.add(env)
+    assert len(gif.frames) == 10
+    gif.write()
+    written = Image.open(tmp_path / "episode.gif")
+    assert written.n_frames == 10 and written.info["duration"] == 20

@@ -440,7 +440,7 @@ def write_bad_files(directory, script: str, run_dir) -> dict:
         ),
         "a NaN argument": (  # (not "cannot be set": NaN is not NaN)
             {**checkpoint, "args": {**checkpoint["args"], "learning_rate": float("nan")}},
-            "--learning-rate must be a finite number, got nan",
+            "--learning-rate must be in (0, inf), got nan",
         ),
         "the other script's": ({**checkpoint, "script": other_script}, not_ours),
         "an agent.pt": ((run_dir / "agent.pt").read_bytes(), "optimizer, iteration, global_step"),
@@ -553,11 +553,11 @@ def test_a_complete_run_resumes_to_nothing_and_a_larger_budget_extends_it(tmp_pa
     )
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == files
 
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info:  # (a smaller budget: complete too)
         run_in(tmp_path, script, *resume, "--total-timesteps", str(BATCH))
-    assert exit_info.value.code == (
-        f"error: {run_dir} has trained {2 * BATCH} steps, --total-timesteps {BATCH}: resume with "
-        f"--total-timesteps {3 * BATCH} or more"
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(
+        f"{run_dir} has trained {2 * BATCH} steps, --total-timesteps {BATCH}: training is complete"
     )
 
     run_in(tmp_path, script, *resume, "--total-timesteps", str(4 * BATCH))
@@ -624,23 +624,39 @@ def test_resume_of_a_bare_file_name_writes_in_the_working_directory(saved_runs, 
     assert list(tmp_path.glob("events.out.tfevents.*")) and not (tmp_path / "runs").exists()
 
 
-def test_a_full_disk_ends_the_run_with_one_line(tmp_path, monkeypatch):
-    """The periodic checkpoint cannot be written (as on a full disk): one line, the traceback
-    kept, no half-written checkpoint.pt."""
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
+@pytest.mark.parametrize("iteration", [2, 4])
+def test_a_full_disk_ends_the_run_with_its_cause_and_the_last_good_checkpoint(
+    tmp_path, monkeypatch, iteration
+):
+    """From the checkpoint of `iteration` on, the disk is full (each temp file's writes go to
+    /dev/full, which the kernel answers with ENOSPC): the run ends at once with the cause and
+    file, the checkpoint before it stays whole, no temp file is left, and the line resumes from
+    what is on disk, after training (4 of 4 iterations) as during it."""
+    real_open, writes = open, []
 
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def open_full(path, mode="r", *args, **kwargs):
+        if str(path).endswith("checkpoint.pt.tmp"):
+            writes.append(path)
+            if len(writes) >= iteration:
+                real_open(path, mode).close()  # (the temp file exists, as a real one would)
+                return real_open("/dev/full", "wb")
+        return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", no_space)
+    monkeypatch.setattr("builtins.open", open_full)
     flags = [*toy_env("ConstantReward", "ppo_discrete.py"), *ALIGNED, "--checkpoint-every", "1"]
     with pytest.raises(SystemExit) as exit_info:
         run_in(tmp_path, "ppo_discrete.py", *flags, "--total-timesteps", str(4 * BATCH))
+    monkeypatch.undo()
     (run_dir,) = (tmp_path / "runs").iterdir()
+    when = "failed after training" if iteration == 4 else "training failed"
     assert exit_info.value.code == (
-        "error: training failed: OSError: [Errno 28] No space left on device "
-        f"(traceback in runs/{run_dir.name}/traceback.txt)"
+        f"error: {when}: no space left on device: runs/{run_dir.name}/checkpoint.pt "
+        f"(traceback in runs/{run_dir.name}/traceback.txt); resume with: python {ROOT}/ppo_discrete.py "
+        f"--resume runs/{run_dir.name} --env-id {flags[1]}"
     )
-    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.pt.tmp").exists()
+    assert load(run_dir / "checkpoint.pt")["iteration"] == iteration - 1
+    assert not (run_dir / "checkpoint.pt.tmp").exists()
 
 
 def test_a_working_directory_that_takes_no_run_directory_is_one_line(tmp_path, monkeypatch):
@@ -683,7 +699,7 @@ def test_saved_statistics_of_another_shape_do_not_load(script):
     assert exit_info.value.code.startswith("error: the saved obs_rms does not fit")
 
 
-def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_path):
+def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_path, capsys):
     """ppo_discrete.py's checkpoints had no return_rms key (nor the normalization flags in args)
     before it took --norm-reward; without the flag there is nothing to load, so they resume."""
     checkpoint = load(saved_runs["ppo_discrete.py"] / "checkpoint.pt")
@@ -696,12 +712,16 @@ def test_a_discrete_checkpoint_from_before_norm_reward_resumes(saved_runs, tmp_p
     torch.save(checkpoint, run_dir / "checkpoint.pt")
     run_in(tmp_path, "ppo_discrete.py", "--resume", str(run_dir))
     assert load(run_dir / "checkpoint.pt")["iteration"] == 2 * checkpoint["iteration"]
+    assert "the saved run predates --norm-obs --norm-reward: they take their defaults" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_flags_of_any_type_tyro_takes_round_trip_through_resume_and_eval_only(tmp_path, script):
     """A copy of the script with three new flags, of types a researcher adds (a tuple, a Literal,
-    an optional float): a run saves them, and --resume and --eval-only read them back."""
+    an optional float, with the interval Part 2 asks of a number): a run saves them, and --resume
+    and --eval-only read them back."""
     new_flags = [
         "    hidden_sizes: tuple[int, ...] = (64, 64)  # a tuple",
         '    activation: Literal["tanh", "relu"] = "tanh"  # a Literal',
@@ -709,7 +729,10 @@ def test_flags_of_any_type_tyro_takes_round_trip_through_resume_and_eval_only(tm
     ]
     text = (ROOT / script).read_text()
     anchor = next(line for line in text.splitlines() if line.startswith("    eval_episodes: int"))
-    (tmp_path / script).write_text(text.replace(anchor, "\n".join([anchor, *new_flags])))
+    text = text.replace(anchor, "\n".join([anchor, *new_flags]))
+    anchor = next(line for line in text.splitlines() if line.startswith('INTERVALS |= {"eval_'))
+    text = text.replace(anchor, f'{anchor}\nINTERVALS["init_log_std"] = "(-inf, inf)"')
+    (tmp_path / script).write_text(text)
     copy = str(tmp_path / script)
     flags = ["--hidden-sizes", "32", "16", "--activation", "relu", "--init-log-std", "-0.5"]
     run_to_success(tmp_path, copy, *TINY, *flags, "--total-timesteps", "256", "--save-model")

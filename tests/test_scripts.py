@@ -52,7 +52,8 @@ def test_tiny_run_logs_saves_and_records(run_script, capsys, script):
     run_dir = run_script(script, *TINY, "--norm-obs", "--save-model", "--capture-gif")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"run runs/{run_dir.name}: 2 iterations x 256 steps = 512 steps"
-    assert f"gif saved to runs/{run_dir.name}/episode.gif" in lines
+    gif = f"gif saved to runs/{run_dir.name}/episode.gif ("  # (its frames: the episode's steps)
+    assert any(line.startswith(gif) and line.endswith(" frames)") for line in lines)
     files = "TensorBoard logs, checkpoint.pt, agent.pt"  # the last line: the files and what next
     evaluate = f"training is complete; evaluate with: python {ROOT / script} --eval-only runs/{run_dir.name}"
     assert lines[-1] == f"runs/{run_dir.name}: {files}; {evaluate}"
