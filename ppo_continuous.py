@@ -634,6 +634,8 @@ def main() -> dict:
         name = os.path.basename(os.path.abspath(run_dir))  # (the id a resume continues)
         who = {"project": args.wandb_project_name, "entity": args.wandb_entity}
         what = {"config": asdict(args), "sync_tensorboard": True, "save_code": True}
+        for signum in STOP_SIGNALS:  # (wandb.init can wait minutes: a stop ends it at once)
+            signal.signal(signum, lambda signum, frame: os._exit(128 + signum))
         try:
             wandb.init(**who, name=name, id=name, resume="allow", **what)
         except Exception as e:  # noqa: BLE001 (no login, no network: wandb's own errors)
@@ -698,7 +700,6 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
         return "--norm-adv needs minibatches of at least 2 samples: lower --num-minibatches"
     if args.total_timesteps < (batch_size := args.num_envs * args.num_steps):
         return f"--total-timesteps {args.total_timesteps} is below one batch ({batch_size} steps)"
-
     return None
 
 
@@ -733,7 +734,6 @@ def env_error(args: RunArgs, envs: gym.vector.VectorEnv, saved: dict | None) -> 
     spaces = [str(obs_space), str(action_space)]  # (a checkpoint saves them; agent.pt does not)
     if saved is not None and saved.get("spaces", spaces) != spaces:
         return f"the saved run is for spaces {saved['spaces']}; {env_id} has {spaces}"
-
     return None
 
 

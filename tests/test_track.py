@@ -3,13 +3,16 @@
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from conftest import ROOT, SCRIPTS, scalar_events
+from test_endings import python_with
 from test_scripts import TINY
 
 wandb_internal_pb2 = pytest.importorskip(
@@ -147,3 +150,27 @@ def test_a_tracked_run_is_evaluated_without_wandb(tmp_path):
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
     done = without_wandb(tmp_path, "ppo_discrete.py", "--eval-only", "checkpoint.pt")
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+SLOW_INIT = """
+import time, wandb
+def slow_init(**settings):  # a start that waits (no network), and waits again as it unwinds
+    try:
+        time.sleep(60)
+    finally:
+        time.sleep(60)
+wandb.init = slow_init
+"""
+
+
+def test_a_stop_signal_during_wandb_init_ends_the_run_at_once(tmp_path):
+    """wandb.init can wait minutes (a timeout, a slow service) and take more to unwind: a
+    SIGTERM then ends the process at once, exit 128 + 15."""
+    process = python_with(SLOW_INIT, tmp_path, str(ROOT / "ppo_discrete.py"), "--track", *FLAGS)
+    while not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()):
+        time.sleep(0.1)  # (the run's directory comes just before wandb.init)
+    time.sleep(1)
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM and time.monotonic() - start < 10
