@@ -634,7 +634,7 @@ def main() -> dict:
         name = os.path.basename(os.path.abspath(run_dir))  # (the id a resume continues)
         who = {"project": args.wandb_project_name, "entity": args.wandb_entity}
         what = {"config": asdict(args), "sync_tensorboard": True, "save_code": True}
-        for signum in STOP_SIGNALS:  # (wandb.init can wait minutes: a stop ends it at once)
+        for signum in STOP_SIGNALS:  # (wandb's init and finish can take minutes: a stop exits)
             signal.signal(signum, lambda signum, frame: os._exit(128 + signum))
         try:
             wandb.init(**who, name=name, id=name, resume="allow", **what)
@@ -703,7 +703,7 @@ def args_error(args: RunArgs, world_size: int = 1) -> str | None:
     return None
 
 
-def in_interval(x: float, interval: str) -> bool:  # (INTERVALS')
+def in_interval(x: float, interval: str) -> bool:  # (an interval as INTERVALS writes it)
     low, high = (float(bound) for bound in interval[1:-1].split(","))
     above = low <= x if interval[0] == "[" else low < x
     return above and (x <= high if interval[-1] == "]" else x < high)

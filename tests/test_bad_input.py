@@ -173,7 +173,9 @@ def test_cuda_under_torchrun_needs_a_gpu_per_process(run_script, tmp_path, monke
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_number_flag_has_an_interval_and_a_new_one_is_refused_until_it_has(script):
+def test_every_number_flag_has_an_interval_and_a_new_one_is_refused_until_it_has(
+    script, monkeypatch
+):
     """Validation is one table, INTERVALS: each number flag (and each number of a tuple flag)
     has an interval there, so a flag a researcher adds is refused until it has one."""
     module = import_script(script)
@@ -188,14 +190,9 @@ def test_every_number_flag_has_an_interval_and_a_new_one_is_refused_until_it_has
 
     error = module.args_error(Extended())
     assert error == "--rollout-temperature has no interval: give it one in INTERVALS (Part 2)"
-    module.INTERVALS["rollout_temperature"] = "(0, inf)"
-    try:
-        assert module.args_error(Extended()) is None
-        assert "must be in (0, inf), got 0.0" in module.args_error(
-            Extended(rollout_temperature=0.0)
-        )
-    finally:
-        del module.INTERVALS["rollout_temperature"]
+    monkeypatch.setitem(module.INTERVALS, "rollout_temperature", "(0, inf)")
+    assert module.args_error(Extended()) is None
+    assert "must be in (0, inf), got 0.0" in module.args_error(Extended(rollout_temperature=0.0))
 
 
 @pytest.mark.parametrize(
