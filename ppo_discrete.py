@@ -484,6 +484,7 @@ def make_env(env_id: str, render: bool) -> gym.Env:
 import contextlib
 import copy
 import importlib.util
+import multiprocessing
 import pickle
 import shlex
 import shutil
@@ -560,7 +561,6 @@ def main() -> dict:
     if (error := args_error(args, world_size)) is not None:
         sys.exit(f"error: {error}")
     saved_dir = os.path.dirname(saved_path or "") or "."  # the saved run's directory
-    # --resume takes a run's checkpoint.pt (a copy's would be overwritten; README: resume a copy)
     if args.resume is not None and os.path.basename(saved_path) != "checkpoint.pt":
         sys.exit(f"error: --resume takes a run directory or its checkpoint.pt, not {saved_path}")
     if args.resume is not None and saved["iteration"] >= args.iterations:  # nothing to train
@@ -575,10 +575,11 @@ def main() -> dict:
     try:
         envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
     except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)
+        for worker in multiprocessing.active_children():  # the async workers started: SIGKILL
+            worker.kill()  # (they block the stop signals), or they print tracebacks after the line
         sys.exit(f"error: cannot make env {args.env_id!r}: {one_line(e)}")
-    finally:
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if (error := env_error(args, envs, saved)) is not None:
         sys.exit(f"error: {error}")
     if args.cuda and torch.cuda.device_count() > 0:  # train()'s "cuda": this process's own GPU
@@ -613,8 +614,7 @@ def main() -> dict:
         dist.broadcast_object_list(names, src=0)
         run_dir = names[0]
     if args.track and rank == 0:  # (before LongRun makes its writer: wandb patches it to sync)
-        import wandb  # (here: only --track pays for the import)
-
+        wandb = importlib.import_module("wandb")  # (here: only --track pays for the import)
         name = os.path.basename(os.path.abspath(run_dir))  # (the id a resume continues)
         who = {"project": args.wandb_project_name, "entity": args.wandb_entity}
         what = {"config": asdict(args), "sync_tensorboard": True, "save_code": True}

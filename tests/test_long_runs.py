@@ -203,6 +203,18 @@ def test_async_envs_end_with_the_run_however_it_ends(saved_runs, tmp_path):
     assert process.returncode == 0 and stderr == ""
 
 
+def test_async_envs_that_cannot_all_start_end_with_the_line_and_print_nothing_after(tmp_path):
+    """Too few file descriptors for 256 async workers (a pipe each): the run exits with its one
+    line, and the workers already started end with it instead of printing tracebacks after it."""
+    resource = pytest.importorskip("resource")  # (POSIX)
+    few_files = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+    flags = ["--num-envs", "256", "--vector-mode", "async", "--num-steps", "4"]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, preexec_fn=few_files)
+    _, stderr = process.communicate(timeout=60)  # (until every holder of the pipe has ended)
+    assert process.returncode == 1
+    assert re.fullmatch(r"error: cannot make env 'CartPole-v1': [^\n]+\n", stderr), stderr
+
+
 def test_links_planted_in_a_run_directory_are_replaced_not_written_through(saved_runs, tmp_path):
     """Someone who can write the run directory plants links at the names the run writes: the
     checkpoint's temp file and the GIF. The files they point to stay untouched."""
