@@ -383,8 +383,8 @@ def train(
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(  # §8.4; a NaN or infinite norm raises before the step
-                    agent.parameters(), args.max_grad_norm, error_if_nonfinite=True
-                )
+                    group["params"], args.max_grad_norm, error_if_nonfinite=True
+                )  # (the optimizer's list of parameters: no walk over the modules at each step)
                 optimizer.step()
                 if ewma is not None:  # §13.2 θ_prox ← β θ_prox + (1 - β) θ (the first step: θ)
                     ewma.update_parameters(agent)

@@ -254,3 +254,26 @@ def test_categorical_policy_matches_torch_distributions():
     samples, *_ = agent.get_action_and_value(obs[:1].expand(40_000, 4))
     frequencies = torch.bincount(samples, minlength=5) / 40_000
     torch.testing.assert_close(frequencies, reference.probs[0], atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_gradient_is_clipped_to_max_grad_norm_before_each_step(module, tmp_path, monkeypatch):
+    """§8.4: a gradient clipped to norm 1e-9 is far below Adam's eps (1e-5), so the one step
+    moves each weight by about lr · 1e-4 at most; at 0.5 Adam's first step moves weights by the
+    learning rate. Both runs start from the same weights (the seed)."""
+    monkeypatch.chdir(tmp_path)  # (train() alone writes runs/ here)
+    start, moved = {}, {}
+
+    def keep_start(trained: dict) -> tuple[int, int]:  # on_start: the weights before any step
+        start.update({k: v.clone() for k, v in trained["model"].state_dict().items()})
+        return 0, 0
+
+    for max_grad_norm in (0.5, 1e-9):
+        args = module.Args(num_envs=2, num_steps=32, total_timesteps=64, num_minibatches=1)
+        args.update_epochs, args.eval_episodes, args.max_grad_norm = 1, 0, max_grad_norm
+        agent = module.train(args, on_start=keep_start)
+        moved[max_grad_norm] = max(
+            (agent.state_dict()[name] - value).abs().max().item() for name, value in start.items()
+        )
+    assert moved[0.5] > 0.5 * module.Args().learning_rate  # (annealing starts at the full rate)
+    assert moved[1e-9] < moved[0.5] / 100
