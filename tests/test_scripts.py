@@ -1,6 +1,7 @@
 """Each script end to end on tiny budgets: logs, saved model, GIF, determinism, learned values."""
 
 import re
+import runpy
 import subprocess
 import sys
 import time
@@ -230,3 +231,13 @@ def test_the_breakdown_benchmark_prints_each_part_of_a_run(tmp_path):
     assert {"import torch, gymnasium", "imports", "forward passes", "train()"} <= seconds.keys()
     inside = ("forward passes", "backward passes", "optimizer steps", "env steps (vector env)")
     assert all(0 < seconds[part] < seconds["train()"] for part in inside)
+
+
+def test_the_launch_benchmark_stops_at_the_line_before_the_loop():
+    """benchmarks/speed.py's launch(): the seconds from the command to the budget line a run
+    prints just before its loop, the process killed there, not waited for."""
+    launch = runpy.run_path(str(ROOT / "benchmarks" / "speed.py"))["launch"]
+    sleeper = "import time; print('run x: 1 iterations', flush=True); time.sleep(120)"
+    assert launch([sys.executable, "-c", sleeper]) < 60
+    endless = ["--total-timesteps", str(10**9), "--num-envs", "2", "--num-steps", "128"]
+    assert launch([sys.executable, str(ROOT / "ppo_discrete.py"), *endless]) < 60
