@@ -1,6 +1,7 @@
 """Bad input: a one-line error and a non-zero exit before any run directory is made."""
 
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, fields
@@ -66,13 +67,16 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
 def test_bad_arguments_exit_with_one_line_before_any_run(
     run_script, tmp_path, script, args, fragment
 ):
+    """...and a caller in the same process keeps its signal mask (the stop signals unblocked)."""
     args = [arg.format(kind=ACTION_KIND[script]) for arg in args]
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (adds nothing: reads the mask)
     with pytest.raises(SystemExit) as exit_info:
         run_script(script, *args)
     message = exit_info.value.code  # sys.exit(str) prints it to stderr and exits 1
     assert isinstance(message, str) and message.startswith("error: ")
     assert fragment in message and "\n" not in message
     assert not list(tmp_path.glob("*/runs"))
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == blocked
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
