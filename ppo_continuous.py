@@ -585,17 +585,17 @@ def main() -> dict:
         done = f"{saved_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
         print(f"{done}: {next_command(args, saved_dir, iteration)}, or {more}")
         sys.exit(0)  # (a job that resubmits itself until done ends here)
-    if hasattr(signal, "pthread_sigmask"):  # async workers start with the stop signals (POSIX)
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # blocked (no Ctrl-C mid-step)
+    if hasattr(signal, "pthread_sigmask"):  # async workers start with the stop signals blocked
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # (Ctrl-C: not mid-step)
     try:
         envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
     except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)
         for worker in multiprocessing.active_children():  # the async workers started: SIGKILL
             worker.kill()  # (they block the stop signals), or they print tracebacks after the line
         sys.exit(f"error: cannot make env {args.env_id!r}: {one_line(e)}")
-    finally:  # (however it ends: a caller in this process gets its signal mask back)
+    finally:  # (however it ends: this process's signal mask as it was, for a caller in it too)
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if (error := env_error(args, envs, saved)) is not None:
         sys.exit(f"error: {error}")
     if args.cuda and torch.cuda.device_count() > 0:  # train()'s "cuda": this process's own GPU

@@ -67,16 +67,20 @@ BAD_ARGS = [  # (arguments, a fragment of the error)
 def test_bad_arguments_exit_with_one_line_before_any_run(
     run_script, tmp_path, script, args, fragment
 ):
-    """...and a caller in the same process keeps its signal mask (the stop signals unblocked)."""
+    """...and a caller in the same process keeps its signal mask (here, SIGINT blocked, SIGTERM
+    not: the script blocks both while it makes the envs)."""
     args = [arg.format(kind=ACTION_KIND[script]) for arg in args]
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (adds nothing: reads the mask)
-    with pytest.raises(SystemExit) as exit_info:
-        run_script(script, *args)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # (returns the mask before)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(script, *args)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask | {signal.SIGINT}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     message = exit_info.value.code  # sys.exit(str) prints it to stderr and exits 1
     assert isinstance(message, str) and message.startswith("error: ")
     assert fragment in message and "\n" not in message
     assert not list(tmp_path.glob("*/runs"))
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == blocked
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

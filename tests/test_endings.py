@@ -255,7 +255,7 @@ msvcrt = types.ModuleType("msvcrt")
 msvcrt.LK_NBLCK = 2
 msvcrt.locking = lambda fd, mode, size: lockf(fd, exclusive, size)
 sys.modules["msvcrt"], sys.modules["fcntl"] = msvcrt, None
-for name in ("pthread_sigmask", "SIG_BLOCK", "SIG_UNBLOCK", "SIGHUP"):
+for name in ("pthread_sigmask", "SIG_BLOCK", "SIG_SETMASK", "SIGHUP"):
     delattr(signal, name)
 """
 
