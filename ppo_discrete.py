@@ -581,6 +581,7 @@ def main() -> dict:
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if (error := env_error(args, envs, saved)) is not None:
+        envs.close()  # (async workers: ended, not left to print tracebacks after the line)
         sys.exit(f"error: {error}")
     if args.cuda and torch.cuda.device_count() > 0:  # train()'s "cuda": this process's own GPU
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -626,8 +627,7 @@ def main() -> dict:
             envs.close()
             sys.exit(f"error: --track: {one_line(e)}")
     long_run = LongRun(args, envs, run_dir, saved)
-    if rank > 0:  # envs r * n + j (n = num_envs / K), seeded as one process seeds them; the seed
-        # shift also gives rank r its own action noise and minibatch order. Rank 0 alone saves.
+    if rank > 0:  # envs r * n + j (n = num_envs / K), seeded as one process seeds them (README)
         seed = args.seed + rank * (args.num_envs // world_size)
         args = replace(args, seed=seed, capture_gif=False, eval_episodes=0)
     gif = Gif(f"{run_dir}/episode.gif") if args.capture_gif else None
