@@ -569,8 +569,8 @@ def main() -> dict:
         done = f"{saved_dir} has trained {steps} steps, --total-timesteps {args.total_timesteps}"
         print(f"{done}: {next_command(args, saved_dir, iteration)}, or {more}")
         sys.exit(0)  # (a job that resubmits itself until done ends here)
-    if hasattr(signal, "pthread_sigmask"):  # async workers start with the stop signals blocked
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # (Ctrl-C: not mid-step)
+    if hasattr(signal, "pthread_sigmask"):  # blocked in the async workers too: no Ctrl-C mid-step
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # (returns the mask before)
     try:
         envs = make_envs(args.env_id, args.num_envs // world_size, args.vector_mode)
     except Exception as e:  # noqa: BLE001 (an env's module or constructor may raise anything)

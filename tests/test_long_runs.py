@@ -203,21 +203,23 @@ def test_async_envs_end_with_the_run_however_it_ends(saved_runs, tmp_path):
     assert process.returncode == 0 and stderr == ""
 
 
-@pytest.mark.parametrize("case", ["too few files", "actions the script cannot take"])
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--num-envs", "256"], "cannot make env 'CartPole-v1'"),
+        (["--env-id", "Pendulum-v1"], "use ppo_continuous.py"),
+    ],
+)
 def test_async_envs_that_cannot_start_a_run_end_with_the_line_and_print_nothing_after(
-    tmp_path, case
+    tmp_path, flags, error
 ):
-    """Too few file descriptors for 256 async workers (a pipe each), or async envs made whose
-    actions the script cannot take: the run exits with its one line, and the workers already
+    """Under a 100-file limit, 256 async workers (a pipe each) cannot all start, and 8 start but
+    take actions the script cannot: the run exits with its one line, and the workers already
     started end with it instead of printing tracebacks after it."""
     resource = pytest.importorskip("resource")  # (POSIX)
     few_files = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-    flags, error, limit = {
-        "too few files": (["--num-envs", "256"], "cannot make env 'CartPole-v1'", few_files),
-        "actions the script cannot take": (["--env-id", "Pendulum-v1"], "use ppo_continuous", None),
-    }[case]
-    flags += ["--vector-mode", "async", "--num-steps", "4"]
-    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, preexec_fn=limit)
+    flags = [*flags, "--vector-mode", "async", "--num-steps", "4"]
+    process = python(tmp_path, str(ROOT / "ppo_discrete.py"), *flags, preexec_fn=few_files)
     _, stderr = process.communicate(timeout=60)  # (until every holder of the pipe has ended)
     assert process.returncode == 1
     assert re.fullmatch(r"error: [^\n]+\n", stderr) and error in stderr, stderr
