@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser, envs: list[str], seeds: list[
     parser.add_argument("--workdir", default="benchmark_runs", help="where each run writes")
     parser.add_argument("--print-command", action="store_true", help="print one run's command")
     parser.add_argument("--total-timesteps", type=int, help="instead of the setting's")
-    parser.add_argument("--flags", default="", help="more flags, e.g. a sweep's: '--gamma 0.98'")
+    parser.add_argument("--flags", default="", help="e.g. '--gamma 0.98' (or --flags=--norm-obs)")
 
 
 def run(one_command: list[str], workdir: Path, cores: queue.Queue | None = None) -> dict:

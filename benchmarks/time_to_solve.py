@@ -44,7 +44,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105])
     parser.add_argument("--envs", nargs="+", choices=ENVS, default=list(ENVS))
     parser.add_argument("--tools", nargs="+", choices=["ours", "sb3"], default=["ours", "sb3"])
-    parser.add_argument("--flags", default="", help="more flags for our scripts, one string")
+    parser.add_argument("--flags", default="", help="one string (or --flags=--norm-obs)")
     options = parser.parse_args()
 
     print("| env | tool | solved | median wall s | evals | walls s |")
