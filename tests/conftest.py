@@ -45,6 +45,15 @@ def run_in(workdir: Path, script: str, *args: str) -> Path:
     return run_dir
 
 
+def readme_code(containing: str) -> str:
+    """The README's one ```python block that contains `containing`, as written."""
+    blocks = [
+        block.split("```")[0] for block in (ROOT / "README.md").read_text().split("```python\n")
+    ]
+    (code,) = [block for block in blocks[1:] if containing in block]
+    return code
+
+
 def stdout_of(command: list[str], cwd: Path) -> str:
     """What a command prints, run as a process in cwd (a failure raises)."""
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout

@@ -13,7 +13,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import ACTION_KIND, ROOT, SCRIPTS, import_script, run_in, scalars, stdout_of
+from conftest import (
+    ACTION_KIND,
+    ROOT,
+    SCRIPTS,
+    import_script,
+    readme_code,
+    run_in,
+    scalars,
+    stdout_of,
+)
 
 needs = {  # a test of an optional env family runs where its package is installed
     package: pytest.mark.skipif(
@@ -204,6 +213,19 @@ def test_minatar_learns_end_to_end_resumes_and_evaluates_with_a_gif(tmp_path, ca
     assert exit_info.value.code == 0
     assert re.search(r"eval: mean return \S+ ± \S+ over 1 episodes", capsys.readouterr().out)
     assert (run_dir / "episode.gif").exists()
+
+
+@needs["minatar"]
+def test_the_readmes_flat_minatar_module_gives_the_mlps_400_numbers(tmp_path, capsys, monkeypatch):
+    """README's flat_minatar.py as written (gymnax-blines' way into MinAtar: flattened frames, MLPs):
+    `--env-id flat_minatar:FlatBreakout-v1` trains and evaluates on vectors, without the CNN."""
+    (tmp_path / "flat_minatar.py").write_text(readme_code("FlatBreakout"))
+    monkeypatch.syspath_prepend(str(tmp_path))  # (beside the scripts, for a user)
+    env_id = "flat_minatar:FlatBreakout-v1"
+    run_dir, out = two_iterations(tmp_path, capsys, "ppo_discrete.py", env_id, "1")
+    assert "images" not in out and "eval: mean return" in out
+    model = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert model["actor.0.weight"].shape[1] == 400 == model["critic.0.weight"].shape[1]
 
 
 @needs["box2d"]

@@ -9,7 +9,7 @@ import time
 import gymnasium as gym
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, import_script, scalars, stdout_of
+from conftest import ROOT, SCRIPTS, import_script, readme_code, scalars, stdout_of
 from gymnasium.wrappers.utils import RunningMeanStd
 from PIL import Image
 
@@ -212,9 +212,7 @@ def test_the_readmes_code_evaluates_a_saved_agent(run_script, capsys):
     the agent as the run did."""
     run_dir = run_script("ppo_continuous.py", *TINY, "--norm-obs", "--save-model")
     run_evaluation = scalars(run_dir)["eval/episodic_return"][0]
-    readme = (ROOT / "README.md").read_text()
-    (code,) = [block for block in readme.split("```python\n")[1:] if "agent.pt" in block]
-    code = code.split("```")[0].replace("runs/.../agent.pt", str(run_dir / "agent.pt"))
+    code = readme_code("agent.pt").replace("runs/.../agent.pt", str(run_dir / "agent.pt"))
     capsys.readouterr()
     exec(code, {})  # noqa: S102 (the README's own code)
     assert f"eval: mean return {run_evaluation:.1f} ±" in capsys.readouterr().out
