@@ -219,6 +219,9 @@ def test_minatar_learns_end_to_end_resumes_and_evaluates_with_a_gif(tmp_path, ca
 def test_the_readmes_flat_minatar_module_gives_the_mlps_400_numbers(tmp_path, capsys, monkeypatch):
     """README's flat_minatar.py as written (gymnax-blines' way into MinAtar: flattened frames, MLPs):
     `--env-id flat_minatar:FlatBreakout-v1` trains and evaluates on vectors, without the CNN."""
+    for env_id in [env_id for env_id in gym.registry if env_id.startswith(("MinAtar/", "Flat"))]:
+        monkeypatch.delitem(gym.registry, env_id)  # (as in a fresh process: the module registers)
+    monkeypatch.delitem(sys.modules, "flat_minatar", raising=False)
     (tmp_path / "flat_minatar.py").write_text(readme_code("FlatBreakout"))
     monkeypatch.syspath_prepend(str(tmp_path))  # (beside the scripts, for a user)
     env_id = "flat_minatar:FlatBreakout-v1"
