@@ -54,7 +54,7 @@ class Args:
     norm_reward: bool = True  # rewards over the running std of discounted returns (§8.5; tuned)
     state_dependent_std: bool = False  # the log-std is a network output, not a vector (§8.3)
     init_logstd: float = 0.0  # the log-std's value at the start (§8.3; not state-dependent)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # MLPs' hidden layers (§8.1; none: linear; not images)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # actor, critic: hidden layers (§8.1; none: linear)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
     # The run: its name, randomness, hardware and evaluation.
     exp_name: str = os.path.basename(__file__).removesuffix(".py")  # part of the run's directory
@@ -138,14 +138,13 @@ class Agent(nn.Module):
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
         obs_space = envs.single_observation_space
-        vectors = len(obs_space.shape) == 1  # (else images: one CNN under both, linear heads)
+        vectors = len(obs_space.shape) == 1  # (else images: one CNN under both MLPs)
         self.encoder = nn.Identity() if vectors else CNN(obs_space)
         features = obs_space.shape[0] if vectors else self.encoder.features
-        hidden_sizes = args.hidden_sizes if vectors else ()
         action_dim = int(np.prod(envs.single_action_space.shape))
-        self.critic = mlp(features, 1, 1.0, hidden_sizes, args.activation)
+        self.critic = mlp(features, 1, 1.0, args.hidden_sizes, args.activation)
         outputs = 2 * action_dim if args.state_dependent_std else action_dim  # means (log-stds)
-        self.actor = mlp(features, outputs, 0.01, hidden_sizes, args.activation)
+        self.actor = mlp(features, outputs, 0.01, args.hidden_sizes, args.activation)
         logstd = torch.full((1, action_dim), args.init_logstd)  # (1, action_dim)
         self.actor_logstd = None if args.state_dependent_std else nn.Parameter(logstd)
 

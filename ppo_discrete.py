@@ -52,7 +52,7 @@ class Args:
     ewma_decay: float | None = None  # §13.2 PPO-EWMA: the proximal policy's decay (None: PPO's)
     norm_obs: bool = False  # observations are normalized by running mean and variance (§8.5)
     norm_reward: bool = False  # rewards are divided by the running std of discounted returns (§8.5)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # MLPs' hidden layers (§8.1; none: linear; not images)
+    hidden_sizes: tuple[int, ...] = (64, 64)  # actor, critic: hidden layers (§8.1; none: linear)
     activation: Literal["tanh", "relu"] = "tanh"  # the hidden layers' activation (§8.1)
     # The run: its name, randomness, hardware and evaluation.
     exp_name: str = os.path.basename(__file__).removesuffix(".py")  # part of the run's directory
@@ -135,13 +135,12 @@ class Agent(nn.Module):
     def __init__(self, envs: gym.vector.VectorEnv, args: Args) -> None:
         super().__init__()
         obs_space = envs.single_observation_space
-        vectors = len(obs_space.shape) == 1  # (else images: one CNN under both, linear heads)
+        vectors = len(obs_space.shape) == 1  # (else images: one CNN under both MLPs)
         self.encoder = nn.Identity() if vectors else CNN(obs_space)
         features = obs_space.shape[0] if vectors else self.encoder.features
-        hidden_sizes = args.hidden_sizes if vectors else ()
-        self.critic = mlp(features, 1, 1.0, hidden_sizes, args.activation)
+        self.critic = mlp(features, 1, 1.0, args.hidden_sizes, args.activation)
         num_actions = int(envs.single_action_space.n)
-        self.actor = mlp(features, num_actions, 0.01, hidden_sizes, args.activation)  # the logits
+        self.actor = mlp(features, num_actions, 0.01, args.hidden_sizes, args.activation)  # logits
 
     def get_value(self, x: Tensor) -> Tensor:
         return self.critic(self.encoder(x)).squeeze(-1)  # (batch,)

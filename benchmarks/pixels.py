@@ -32,20 +32,22 @@ SCRIPT = BENCHMARKS.parent / "ppo_discrete.py"
 # are CartPole's). MinAtar: purejaxrl's PPO on MinAtar (its ppo_minatar config): 64 envs x 128
 # steps, 4 epochs of 8 minibatches, lr 5e-4 annealed, clipped value loss; no reward scaling.
 MINATAR = ["--total-timesteps", "10000000", "--num-envs", "64", "--num-steps", "128"]
-MINATAR += ["--learning-rate", "5e-4", "--gamma", "0.99", "--gae-lambda", "0.95"]
-MINATAR += ["--num-minibatches", "8", "--update-epochs", "4", "--clip-vloss", "--ent-coef", "0.01"]
+MINATAR += ["--learning-rate", "5e-4", "--gae-lambda", "0.95", "--num-minibatches", "8"]
+MINATAR += ["--update-epochs", "4", "--clip-vloss", "--ent-coef", "0.01"]
 # Atari: the PPO paper's (its Table 5) as CleanRL's ppo_atari.py runs it: 8 envs x 128 steps,
 # 4 epochs of 4 minibatches, lr 2.5e-4 annealed, epsilon 0.1, clipped value loss.
 ATARI = ["--total-timesteps", "10000000", "--num-envs", "8", "--num-steps", "128"]
 ATARI += ["--learning-rate", "2.5e-4", "--gamma", "0.99", "--gae-lambda", "0.95"]
 ATARI += ["--num-minibatches", "4", "--update-epochs", "4", "--clip-vloss", "--ent-coef", "0.01"]
-ATARI += ["--clip-coef", "0.1"]
+ATARI += ["--clip-coef", "0.1", "--hidden-sizes"]  # (no hidden sizes: linear heads on the CNN)
 ENVS = [f"MinAtar/{game}-v1" for game in ("Asterix", "Breakout", "Freeway", "SpaceInvaders")]
 
 
 def setting(env_id: str) -> list[str]:
+    if env_id == "MinAtar/Breakout-v1":  # gymnax-blines' gamma, and MLP heads (README, Pixels)
+        return [*MINATAR, "--gamma", "0.999", "--hidden-sizes", "64", "64"]
     if env_id.startswith("MinAtar/"):
-        return MINATAR
+        return [*MINATAR, "--gamma", "0.99", "--hidden-sizes"]  # (linear heads on the CNN)
     if env_id.startswith("ALE/"):
         return ATARI
     sys.exit(f"error: {env_id} is neither a MinAtar/ nor an ALE/ id")
