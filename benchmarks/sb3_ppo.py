@@ -103,20 +103,24 @@ def make_env_and_policy(script: ModuleType, args: object) -> tuple[VecEnv, str, 
     """SB3's vector env and policy for the script's env: MlpPolicy shaped as the scripts' MLPs;
     Atari (ALE/ ids): SB3's Atari wrappers (30 no-ops, frame skip 4 with max-pooling, 84x84 gray,
     a lost life ends an episode for training, FIRE at a reset, rewards clipped) over ALE's single
-    frames, 4 stacked, and CnnPolicy (the Nature CNN, linear heads); MinAtar: MinAtarCNN."""
+    frames, 4 stacked, and CnnPolicy (the Nature CNN); MinAtar: MinAtarCNN; images' CNN under the
+    scripts' MLPs."""
+    mlps = {  # the actor's and the critic's MLPs (on images: on the CNN's features)
+        "net_arch": {"pi": list(args.hidden_sizes), "vf": list(args.hidden_sizes)},
+        "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation],
+    }
     if args.env_id.startswith("ALE/"):
         gym.register_envs(importlib.import_module("ale_py"))
         kwargs = {"frameskip": 1}  # (SB3's wrapper skips frames; the id keeps sticky actions)
         env = make_atari_env(args.env_id, args.num_envs, args.seed, env_kwargs=kwargs)
-        return VecFrameStack(env, 4), "CnnPolicy", {}  # (torch's default threads, as ours)
+        return VecFrameStack(env, 4), "CnnPolicy", mlps  # (torch's default threads, as ours)
     if args.env_id.startswith("MinAtar/"):
         importlib.import_module("minatar.gym").register_envs()
         env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed)
-        return env, "MlpPolicy", {"features_extractor_class": MinAtarCNN, "net_arch": []}
+        return env, "MlpPolicy", {"features_extractor_class": MinAtarCNN, **mlps}
     torch.set_num_threads(1)  # as the scripts do for vectors: equal CPU use
     policy_kwargs = {
-        "net_arch": {"pi": list(args.hidden_sizes), "vf": list(args.hidden_sizes)},
-        "activation_fn": {"tanh": nn.Tanh, "relu": nn.ReLU}[args.activation],
+        **mlps,
         "ortho_init": True,
         "log_std_init": getattr(args, "init_logstd", 0.0),  # (ppo_discrete.py has none)
     }

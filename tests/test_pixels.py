@@ -78,16 +78,22 @@ def test_uint8_is_scaled_once_and_channels_last_is_channels_first_transposed(scr
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_a_vector_agent_has_no_encoder_and_an_image_agent_shares_one(script):
+def test_a_vector_agent_has_no_encoder_and_an_image_agents_mlps_share_one(script):
+    """Vectors: no encoder. Images: one CNN (128 features for small frames) under the actor's and
+    the critic's MLPs, whose hidden layers are --hidden-sizes' (none: a linear layer each)."""
     module, kind = import_script(script), ACTION_KIND[script]
-    agents = {}
-    for name in ("ConstantReward", "UintImage"):
-        envs = gym.vector.SyncVectorEnv([lambda name=name: gym.make(f"toy_envs:{name}{kind}-v0")])
-        agents[name] = module.Agent(envs, module.Args())
-    assert isinstance(agents["ConstantReward"].encoder, torch.nn.Identity)
-    heads = [(name, p.shape) for name, p in agents["UintImage"].named_parameters()]
-    heads = [shape for name, shape in heads if name.endswith("weight") and "encoder" not in name]
-    assert [shape[1] for shape in heads] == [128, 128]  # a linear layer each on 128 features
+
+    def agent(name: str, hidden_sizes: tuple[int, ...]) -> torch.nn.Module:
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make(f"toy_envs:{name}{kind}-v0")])
+        return module.Agent(envs, module.Args(hidden_sizes=hidden_sizes))
+
+    assert isinstance(agent("ConstantReward", (64, 64)).encoder, torch.nn.Identity)
+    for hidden_sizes in ((), (32, 16)):
+        image_agent = agent("UintImage", hidden_sizes)
+        assert isinstance(image_agent.encoder, module.CNN)
+        for net in (image_agent.actor, image_agent.critic):
+            weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+            assert [weight.shape[1] for weight in weights] == [128, *hidden_sizes]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
