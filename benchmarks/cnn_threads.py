@@ -30,10 +30,11 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, default=20480)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each thread count")
     cli = parser.parse_args()
-    # The PPO paper's Atari sizes: 8 envs x 128 steps, 4 epochs of 4 minibatches; no evaluation.
+    # The PPO paper's Atari sizes: 8 envs x 128 steps, 4 epochs of 4 minibatches, linear heads on
+    # the CNN; no evaluation.
     flags = ["--env-id", cli.env_id, "--total-timesteps", str(cli.total_timesteps)]
     flags += ["--num-envs", "8", "--num-steps", "128", "--num-minibatches", "4"]
-    flags += ["--update-epochs", "4", "--eval-episodes", "0"]
+    flags += ["--update-epochs", "4", "--hidden-sizes", "--eval-episodes", "0"]
     counts = [1, len(os.sched_getaffinity(0))]  # (torch's default: the cores it may use)
     walls = {count: [] for count in counts}
     for repeat in range(cli.repeats):

@@ -10,12 +10,13 @@ against Stable-Baselines3.
     pip install -r benchmarks/requirements.txt
     python benchmarks/pixels.py --speed [--repeats 2]
 
-An env's setting comes from its id: MINATAR for MinAtar/ ids, ATARI for ALE/ ids. --plot draws
-every run's training returns (charts/episodic_return, a moving mean of 100 episodes) against
-steps. --speed runs ALE/Breakout-v5 (16,384 steps) and MinAtar/Breakout-v1 (131,072 steps), with
-their settings and without evaluation, in ours and in SB3 (benchmarks/sb3_ppo.py: CnnPolicy with
-SB3's Atari wrappers; for MinAtar our MinAtar CNN), alternating the order, and prints each wall
-time and the ratios (benchmarks/table.py's compare_walls).
+An env's setting comes from its id: MINATAR for MinAtar/ ids with gamma 0.99 and linear heads on
+the CNN (gamma 0.999 and 64-64 MLP heads for MinAtar/Breakout-v1), ATARI for ALE/ ids. --plot
+draws every run's training returns (charts/episodic_return, a moving mean of 100 episodes)
+against steps. --speed runs ALE/Breakout-v5 (16,384 steps) and MinAtar/Breakout-v1 (131,072
+steps), with their settings and without evaluation, in ours and in SB3 (benchmarks/sb3_ppo.py:
+CnnPolicy with SB3's Atari wrappers; for MinAtar our MinAtar CNN; our heads on either),
+alternating the order, and prints each wall time and the ratios (table.py's compare_walls).
 """
 
 import argparse

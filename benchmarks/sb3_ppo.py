@@ -7,10 +7,11 @@ any of its flags given here (parsed by the script's tyro), so the two implementa
 apart. The network is SB3's MlpPolicy shaped as ours: separate actor and critic of
 `--hidden-sizes` and `--activation` (64-64 tanh), orthogonal init, log-std starting at
 `--init-logstd` (0); no gSDE. Images: SB3's Atari wrappers and CnnPolicy for ALE/ ids, our
-MinAtar CNN for MinAtar/ ids (make_env_and_policy). Evaluation follows the scripts' `evaluate`
-exactly (same seeds, same deterministic episodes) and is printed in the same format, and --curve
-writes one JSON line per evaluation: {"step": ..., "return": ...}. (Atari: SB3 trains with its
-automatic FIRE, which our evaluation env does not press for it; time SB3's Atari training only.)
+MinAtar CNN for MinAtar/ ids (make_env_and_policy), the same MLPs on the CNN's features.
+Evaluation follows the scripts' `evaluate` exactly (same seeds, same deterministic episodes) and
+is printed in the same format, and --curve writes one JSON line per evaluation: {"step": ...,
+"return": ...}. (Atari: SB3 trains with its automatic FIRE, which our evaluation env does not
+press for it; time SB3's Atari training only.)
 """
 
 import argparse

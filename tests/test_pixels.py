@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import tyro
 from conftest import (
     ACTION_KIND,
     ROOT,
@@ -80,20 +81,24 @@ def test_uint8_is_scaled_once_and_channels_last_is_channels_first_transposed(scr
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_vector_agent_has_no_encoder_and_an_image_agents_mlps_share_one(script):
     """Vectors: no encoder. Images: one CNN (128 features for small frames) under the actor's and
-    the critic's MLPs, whose hidden layers are --hidden-sizes' (none: a linear layer each)."""
+    the critic's MLPs, whose hidden layers are the flags' (--hidden-sizes alone: a linear layer
+    each), with the flags' activation."""
     module, kind = import_script(script), ACTION_KIND[script]
 
-    def agent(name: str, hidden_sizes: tuple[int, ...]) -> torch.nn.Module:
+    def agent(name: str, flags: list[str]) -> torch.nn.Module:
         envs = gym.vector.SyncVectorEnv([lambda: gym.make(f"toy_envs:{name}{kind}-v0")])
-        return module.Agent(envs, module.Args(hidden_sizes=hidden_sizes))
+        return module.Agent(envs, tyro.cli(module.Args, args=flags))
 
-    assert isinstance(agent("ConstantReward", (64, 64)).encoder, torch.nn.Identity)
+    assert isinstance(agent("ConstantReward", []).encoder, torch.nn.Identity)
     for hidden_sizes in ((), (32, 16)):
-        image_agent = agent("UintImage", hidden_sizes)
+        flags = ["--hidden-sizes", *map(str, hidden_sizes), "--activation", "relu"]
+        image_agent = agent("UintImage", flags)
         assert isinstance(image_agent.encoder, module.CNN)
         for net in (image_agent.actor, image_agent.critic):
             weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
             assert [weight.shape[1] for weight in weights] == [128, *hidden_sizes]
+            activations = [type(layer) for layer in net if not isinstance(layer, torch.nn.Linear)]
+            assert activations == [torch.nn.ReLU] * len(hidden_sizes)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -245,16 +250,31 @@ def test_car_racing_trains_through_the_encoder(tmp_path, capsys):
 
 @needs["minatar"]
 def test_the_pixels_benchmark_prints_commands_a_table_and_curves(tmp_path):
-    """benchmarks/pixels.py: an id's family gives its setting; --print-command prints one run's
-    command alone; a short MinAtar run prints the env's row with each seed's evaluation (the
-    printed command reproduces it) and --plot draws the curves; other ids are refused."""
+    """benchmarks/pixels.py: an id's family gives its setting (MinAtar's linear heads at γ 0.99,
+    but Breakout's 64-64 heads at γ 0.999); --print-command prints one run's command alone, the
+    README's commands among them; a short MinAtar run prints the env's row with each seed's evaluation (the printed command
+    reproduces it) and --plot draws the curves; other ids are refused."""
     module = runpy.run_path(str(ROOT / "benchmarks" / "pixels.py"))  # (not run as __main__)
     benchmark = [sys.executable, str(ROOT / "benchmarks" / "pixels.py")]
-    for env_id, setting in (("ALE/Breakout-v5", "ATARI"), ("MinAtar/Freeway-v1", "MINATAR")):
-        printed = stdout_of([*benchmark, "--print-command", "--envs", env_id, "--seeds", "7"], ROOT)
+
+    def print_command(env_id: str, seed: str) -> str:
+        return stdout_of([*benchmark, "--print-command", "--envs", env_id, "--seeds", seed], ROOT)
+
+    for env_id, setting in (
+        ("ALE/Breakout-v5", module["ATARI"]),
+        ("MinAtar/Freeway-v1", [*module["MINATAR"], "--gamma", "0.99", "--hidden-sizes"]),
+        (
+            "MinAtar/Breakout-v1",
+            [*module["MINATAR"], "--gamma", "0.999", "--hidden-sizes", "64", "64"],
+        ),
+    ):
+        printed = print_command(env_id, "7")
         assert printed.count("\n") == 1
         command = ["python", "ppo_discrete.py", "--env-id", env_id, "--seed", "7"]
-        assert shlex.split(printed) == [*command, *module[setting], "--save-model"]
+        assert shlex.split(printed) == [*command, *setting, "--save-model"]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for env_id in ("MinAtar/SpaceInvaders-v1", "ALE/Breakout-v5"):  # the README's two commands
+        assert print_command(env_id, "201").strip() in readme
     small = "--num-envs 4 --num-steps 128 --num-minibatches 2 --update-epochs 1 --eval-episodes 2"
     short = ["--envs", "MinAtar/Breakout-v1", "--total-timesteps", "1024", "--flags", small]
     printed = stdout_of([*benchmark, *short, "--seeds", "3", "--print-command"], ROOT)
