@@ -252,8 +252,9 @@ def test_car_racing_trains_through_the_encoder(tmp_path, capsys):
 def test_the_pixels_benchmark_prints_commands_a_table_and_curves(tmp_path):
     """benchmarks/pixels.py: an id's family gives its setting (MinAtar's linear heads at γ 0.99,
     but Breakout's 64-64 heads at γ 0.999); --print-command prints one run's command alone, the
-    README's commands among them; a short MinAtar run prints the env's row with each seed's evaluation (the printed command
-    reproduces it) and --plot draws the curves; other ids are refused."""
+    README's commands among them; a short MinAtar run prints the env's row with each seed's
+    evaluation (the printed command reproduces it) and --plot draws the curves; other ids are
+    refused."""
     module = runpy.run_path(str(ROOT / "benchmarks" / "pixels.py"))  # (not run as __main__)
     benchmark = [sys.executable, str(ROOT / "benchmarks" / "pixels.py")]
 
